@@ -1,0 +1,194 @@
+"""``copd-ifm``: the command line. Thin: parse, resolve config, call one function per stage.
+
+Stages talk through files on disk (manifest, patch store, run folder, features
+table), so each can be rerun, sharded or replaced alone.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from copd_ifm.errors import UserError
+
+log = logging.getLogger("copd_ifm")
+
+STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``copd-ifm STAGE: error: ...`` and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fmt(prog: str) -> argparse.HelpFormatter:
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (dotted key, YAML value); repeatable")
+
+
+def _not_built(stage: str, issue: int) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise UserError(f"stage '{stage}' is not built yet (tracked in issue #{issue}); nothing was run")
+    return run
+
+
+# --- stage handlers ---------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    return _not_built("synth", 3)(args)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    return _not_built("preprocess", 4)(args)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    return _not_built("pretrain", 5)(args)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    return _not_built("extract", 6)(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return _not_built("evaluate", 6)(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _not_built("demo", 6)(args)
+
+
+def cmd_vision(args: argparse.Namespace) -> int:
+    return _not_built("vision", 7)(args)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="copd-ifm", formatter_class=_fmt,
+                     description="Implicit feature modification (IFM) for self-supervised lung-CT and "
+                                 "natural-image encoders. Stages: " + ", ".join(STAGES))
+    _common(parser)
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("synth", help="generate a synthetic COPD CT cohort", formatter_class=_fmt)
+    p.add_argument("--out", required=True, help="cohort folder to write (images/, masks/, manifest.csv)")
+    p.add_argument("--n", type=int, default=48, help="number of subjects")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel spacing in mm")
+    p.add_argument("--workers", type=_workers, default=2, help="parallel processes")
+    _common(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("preprocess", help="CT → lung mask → atlas registration → patch store",
+                       formatter_class=_fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--out", default=None, help="patch store folder (default: the cohort's store)")
+    p.add_argument("--workers", type=_workers, default=2, help="parallel processes")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="process only shard K of N (cluster array jobs)")
+    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask"], default=None,
+                   help="lung mask source (default: the cohort's lung_seg)")
+    _add_set(p)
+    _common(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("pretrain", help="context-aware MoCo-v2 with IFM on a patch store",
+                       formatter_class=_fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--config", default="ifm", help="pretrain config: name in configs/pretrain or YAML path")
+    p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline); default: config")
+    p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α; default: config")
+    p.add_argument("--epochs", type=int, default=None, help="epochs; default: config")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<cohort>-<config>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _add_set(p)
+    _common(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("extract", help="embed every subject of a patch store with a pretrained run",
+                       formatter_class=_fmt)
+    p.add_argument("--run", required=True, help="run folder written by pretrain")
+    p.add_argument("--cohort", default=None, help="cohort to embed (default: the run's cohort)")
+    p.add_argument("--out", default=None, help="features table (default: RUN/features.parquet)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _common(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("evaluate", help="5-fold CV read-out of COPD outcomes from features",
+                       formatter_class=_fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--features", required=True,
+                   help="comma-separated run folders or feature tables (.parquet/.csv)")
+    p.add_argument("--outcomes", default="logFEV1pp,logFEV1FVC,CLE,Paraseptal,mMRC",
+                   help="comma-separated outcomes")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<cohort>)")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole chain on the embedded synthetic cohort", formatter_class=_fmt)
+    p.add_argument("--out", default="outputs/demo", help="folder for runs and the report")
+    p.add_argument("--quick", action="store_true", help="a shorter run for a first look")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("vision", help="SimCLR / MoCo-v2 with IFM on natural images", formatter_class=_fmt)
+    _common(p)
+    p.set_defaults(func=cmd_vision)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"copd-ifm {args.stage}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"copd-ifm {args.stage}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""What a cohort is: manifest, geometry, patch settings, outcome mapping.
+
+A cohort is named by a YAML file in ``configs/cohorts/`` (``demo``,
+``copdgene``), by any YAML path, or by a manifest CSV path (then the defaults
+below apply, with the spacing of ``copdgene``). Relative paths inside a cohort
+YAML are resolved against the YAML's folder; ``{data_home}`` expands to
+:func:`copd_ifm.config.data_home`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from copd_ifm import config as cfg
+from copd_ifm.errors import UserError
+
+#: COPDGene's column names for the canonical outcomes (see DESIGN.md §4).
+COPDGENE_OUTCOME_COLUMNS: dict[str, str] = {
+    "FEV1pp": "FEV1pp_utah",
+    "FEV1FVC": "FEV1_FVC_utah",
+    "GOLD": "finalGold",
+    "CLE": "Emph_Severity",
+    "Paraseptal": "Emph_Paraseptal",
+    "mMRC": "MMRCDyspneaScor",
+}
+
+
+@dataclass
+class SyntheticSpec:
+    """Parameters of a generated cohort (the embedded ``demo``)."""
+
+    n: int = 48
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass
+class RegistrationConfig:
+    """Subject lung mask → atlas lung mask registration (SimpleITK)."""
+
+    transform: str = "affine"            # "affine" (the anchor) or "rigid"
+    bspline: bool = False                # optional B-spline refinement after the affine
+    bspline_mesh_mm: float = 60.0        # control-point spacing of the refinement
+    downsample_mm: float = 4.0           # masks are registered at this spacing
+    iterations: int = 200
+    shrink_factors: list[int] = field(default_factory=lambda: [4, 2, 1])
+    smoothing_sigmas_mm: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.0])
+    max_scale_change: float = 0.5        # |log det| above log(1+x) counts as diverged
+
+    def validate(self) -> None:
+        if self.transform not in {"affine", "rigid"}:
+            raise ValueError(f"registration.transform must be 'affine' or 'rigid', got {self.transform!r}")
+        if len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
+            raise ValueError("registration.shrink_factors and smoothing_sigmas_mm need the same length")
+
+
+@dataclass
+class CohortConfig:
+    """A cohort: where its manifest is and how to turn it into a patch store."""
+
+    name: str = "cohort"
+    manifest: str = "manifest.csv"
+    spacing_mm: float = 1.0              # isotropic resampling spacing (mm)
+    patch_size: int = 32                 # cube side in voxels at ``spacing_mm``
+    landmark_step_mm: float = 26.0       # atlas grid step (the anchor: 26 mm)
+    landmark_min_lung_fraction: float = 0.1
+    lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), "threshold", "lungmask"
+    min_lung_volume_l: float = 0.5
+    store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>
+    outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
+
+    def validate(self) -> None:
+        if not 0.2 <= self.spacing_mm <= 10:
+            raise ValueError(f"spacing_mm must be in [0.2, 10] mm, got {self.spacing_mm}")
+        if not 4 <= self.patch_size <= 128:
+            raise ValueError(f"patch_size must be in [4, 128] voxels, got {self.patch_size}")
+        if self.lung_seg not in {"auto", "threshold", "lungmask"}:
+            raise ValueError(f"lung_seg must be auto, threshold or lungmask, got {self.lung_seg!r}")
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest)
+
+    @property
+    def root(self) -> Path:
+        """Folder that manifest-relative paths are resolved against."""
+        return self.manifest_path.parent
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store) if self.store else cfg.data_home() / "stores" / self.name
+
+    @property
+    def cube_mm(self) -> float:
+        """Patch side in mm."""
+        return self.patch_size * self.spacing_mm
+
+
+def _expand(value: str, base: Path) -> str:
+    value = value.replace("{data_home}", str(cfg.data_home()))
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def resolve_cohort(spec: str, overrides: list[str] | None = None) -> CohortConfig:
+    """``spec`` is a registered name, a cohort YAML or a manifest CSV → :class:`CohortConfig`."""
+    path = Path(spec)
+    if spec.endswith(".csv"):
+        if not path.is_file():
+            raise UserError(f"manifest not found: {spec} (give an existing CSV with columns sid,image)")
+        data = {"name": path.resolve().parent.name, "manifest": str(path.resolve())}
+        base = Path.cwd()
+        source = spec
+    else:
+        if spec.endswith((".yaml", ".yml")):
+            yaml_path = path
+        else:
+            yaml_path = cfg.CONFIG_DIR / "cohorts" / f"{spec}.yaml"
+            if not yaml_path.is_file():
+                known = sorted(p.stem for p in (cfg.CONFIG_DIR / "cohorts").glob("*.yaml"))
+                raise UserError(f"--cohort {spec!r}: unknown cohort (registered: {', '.join(known)}; "
+                                f"or give a cohort YAML or a manifest CSV path)")
+        data = cfg.read_yaml(yaml_path)
+        base = yaml_path.resolve().parent
+        source = str(yaml_path)
+    data = cfg.apply_overrides(data, overrides)
+    for key in ("manifest", "store"):
+        if isinstance(data.get(key), str):
+            data[key] = _expand(data[key], base)
+    return cfg.from_dict(CohortConfig, data, source)

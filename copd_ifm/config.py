@@ -1,0 +1,219 @@
+"""Typed configuration: YAML files in ``configs/`` loaded into dataclasses.
+
+Every config class is a (nested) dataclass. :func:`from_dict` validates a plain
+mapping against it (unknown keys, wrong types and out-of-range values are
+rejected with a one-line :class:`~copd_ifm.errors.UserError` naming the file
+and the dotted field), :func:`apply_overrides` applies ``--set a.b=value``
+strings, and :func:`save_resolved` writes the fully resolved config next to a
+run's outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from copd_ifm.errors import UserError
+
+T = TypeVar("T")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(os.environ.get("COPD_IFM_CONFIGS", PROJECT_ROOT / "configs"))
+
+
+def data_home() -> Path:
+    """Folder for generated cohorts and stores (``$COPD_IFM_HOME``, default ``~/.cache/copd-ifm``)."""
+    return Path(os.environ.get("COPD_IFM_HOME", Path.home() / ".cache" / "copd-ifm")).expanduser()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (check the path or pick one in {CONFIG_DIR})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: top level must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; raise UserError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where}: expected a mapping of fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r} (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+    return obj
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; errors name ``source`` and the field."""
+    return _build(cls, data, source)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain, YAML/JSON-serialisable dict of a (nested) dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.1"`` → (``["optim", "lr"]``, ``0.1``); the value is parsed as YAML."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.03")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {item!r}: value is not valid YAML") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a nested mapping (in place and returned)."""
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {k!r} is not a group of fields")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``update`` wins; nested mappings are merged."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of a resolved config (12 hex digits)."""
+    blob = json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_resolved(obj: Any, path: str | Path) -> Path:
+    """Write the fully resolved config ``obj`` as YAML to ``path`` (atomically)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    return Path(path)
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+         extra: Mapping[str, Any] | None = None) -> T:
+    """Load ``cls`` from YAML ``path`` (or defaults), then ``extra`` (CLI flags), then ``--set``."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    if extra:
+        data = merge(data, extra)
+    data = apply_overrides(data, overrides)
+    source = str(path) if path else cls.__name__
+    return from_dict(cls, data, source)

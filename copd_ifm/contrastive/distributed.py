@@ -1,0 +1,98 @@
+"""torch.distributed helpers: one process per GPU under torchrun (NCCL), or per CPU worker (gloo).
+
+Everything works unchanged in a single process without ``torch.distributed``
+initialised: world size 1, rank 0, gathers return their input.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: str = "auto") -> DistInfo:
+    """Initialise the process group from torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+    Without them this is a single process. ``device``: ``"auto"`` (CUDA when
+    available), ``"cpu"`` or ``"cuda"``. Backend: NCCL on CUDA, gloo on CPU.
+    """
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+@torch.no_grad()
+def all_gather_no_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` ``[B, ...]`` from every rank along dim 0 → ``[world·B, ...]``; no gradient."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_mean(value: Tensor) -> Tensor:
+    """Mean of ``value`` over ranks (a copy; the input is untouched)."""
+    if not is_distributed():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def print0(*args: object, **kwargs: object) -> None:
+    """``print`` on rank 0 only."""
+    if is_main():
+        print(*args, **kwargs)  # type: ignore[call-overload]
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

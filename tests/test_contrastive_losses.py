@@ -1,0 +1,162 @@
+"""IFM losses against independent computations (cross-entropy, explicit perturbations, closed forms)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from copd_ifm.contrastive import (
+    ContrastiveLoss,
+    hard_negative_from_similarities,
+    ifm_loss,
+    info_nce,
+    nt_xent,
+    simclr_similarities,
+)
+
+
+def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+def test_epsilon_zero_equals_cross_entropy_on_hand_built_logits():
+    q, kp, kn = _unit(5, 8, seed=1), _unit(5, 8, seed=2), _unit(7, 8, seed=3)
+    logits = torch.cat([(q * kp).sum(1, keepdim=True), q @ kn.T], dim=1) / 0.2
+    expected = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    assert torch.allclose(info_nce(q, kp, kn, 0.2), expected, atol=1e-10)
+
+
+def test_inputs_are_normalised_inside():
+    q, kp, kn = _unit(4, 6, seed=1), _unit(4, 6, seed=2), _unit(9, 6, seed=3)
+    assert torch.allclose(info_nce(3 * q, 0.5 * kp, 7 * kn, 0.1, 0.1), info_nce(q, kp, kn, 0.1, 0.1))
+
+
+def test_per_query_negatives_match_shared_negatives():
+    q, kp, kn = _unit(4, 6, seed=1), _unit(4, 6, seed=2), _unit(9, 6, seed=3)
+    assert torch.allclose(info_nce(q, kp, kn.expand(4, 9, 6), 0.3, 0.2), info_nce(q, kp, kn, 0.3, 0.2))
+
+
+def _loss_from_embeddings(q, kp, kn, tau):
+    """Plain InfoNCE on explicitly given (not re-normalised) keys, per query."""
+    pos = (q * kp).sum(-1)
+    neg = torch.einsum("nd,nkd->nk", q, kn)
+    logits = torch.cat([pos[:, None], neg], 1) / tau
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long), reduction="none")
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.5])
+def test_ifm_equals_explicit_worst_case_perturbation(eps):
+    n, k, d, tau = 6, 10, 16, 0.2
+    q, kp, kn = _unit(n, d, seed=4), _unit(n, d, seed=5), _unit(n, k, d, seed=6)
+    closed = info_nce(q, kp, kn, tau, epsilon=eps)
+    explicit = _loss_from_embeddings(q, kp - eps * q, kn + eps * q[:, None, :], tau).mean()
+    assert torch.allclose(closed, explicit, atol=1e-10)
+
+
+def test_random_perturbations_in_the_ball_never_exceed_closed_form():
+    n, k, d, tau, eps = 4, 6, 8, 0.5, 0.2
+    q, kp, kn = _unit(n, d, seed=7), _unit(n, d, seed=8), _unit(n, k, d, seed=9)
+    worst = _loss_from_embeddings(q, kp - eps * q, kn + eps * q[:, None, :], tau)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        dp = torch.randn(n, d, generator=g, dtype=torch.float64)
+        dn = torch.randn(n, k, d, generator=g, dtype=torch.float64)
+        dp = eps * dp / dp.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g, dtype=torch.float64)
+        dn = eps * dn / dn.norm(dim=-1, keepdim=True) * torch.rand(n, k, 1, generator=g, dtype=torch.float64)
+        assert torch.all(_loss_from_embeddings(q, kp + dp, kn + dn, tau) <= worst + 1e-12)
+
+
+def test_per_negative_budgets():
+    q, kp, kn = _unit(3, 5, seed=1), _unit(3, 5, seed=2), _unit(4, 5, seed=3)
+    eps = torch.tensor([0.0, 0.1, 0.2, 0.3], dtype=torch.float64)
+    pos = (q * kp).sum(1) - eps.mean()
+    neg = q @ kn.T + eps
+    expected = F.cross_entropy(torch.cat([pos[:, None], neg], 1) / 0.2, torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(info_nce(q, kp, kn, 0.2, epsilon=eps), expected)
+
+
+def test_gradients_point_along_query():
+    q = _unit(1, 8, seed=11)[0]
+    kp = _unit(1, 8, seed=12).requires_grad_(True)
+    kn = _unit(5, 8, seed=13).requires_grad_(True)
+    # Gradients with respect to the similarities (keys used raw, as in the paper's Sec. 3).
+    pos = kp @ q
+    neg = kn @ q
+    loss = F.cross_entropy(torch.cat([pos, neg])[None] / 0.1, torch.zeros(1, dtype=torch.long))
+    loss.backward()
+    for grad, sign in [(kp.grad[0], -1.0), *[(kn.grad[j], 1.0) for j in range(5)]]:
+        cos = F.cosine_similarity(grad, q, dim=0)
+        assert math.isclose(cos.item(), sign, abs_tol=1e-9)
+
+
+def test_ifm_loss_is_average_with_alpha():
+    q, kp, kn = _unit(6, 8, seed=1), _unit(6, 8, seed=2), _unit(12, 8, seed=3)
+    for alpha in (1.0, 0.5, 2.0):
+        expected = (info_nce(q, kp, kn, 0.2) + alpha * info_nce(q, kp, kn, 0.2, 0.1)) / 2
+        assert torch.allclose(ifm_loss(q, kp, kn, 0.2, 0.1, alpha), expected)
+    assert torch.allclose(ifm_loss(q, kp, kn, 0.2, 0.0), info_nce(q, kp, kn, 0.2))
+
+
+def test_ifm_loss_exceeds_baseline():
+    q, kp, kn = _unit(6, 8, seed=1), _unit(6, 8, seed=2), _unit(12, 8, seed=3)
+    assert info_nce(q, kp, kn, 0.2, 0.1) > info_nce(q, kp, kn, 0.2)
+
+
+def _brute_nt_xent(z1, z2, tau, eps=0.0):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n2 = len(z)
+    losses = []
+    for a in range(n2):
+        p = (a + n2 // 2) % n2
+        pos = torch.exp(((z[a] @ z[p]) - eps) / tau)
+        neg = sum(torch.exp(((z[a] @ z[b]) + eps) / tau) for b in range(n2) if b not in (a, p))
+        losses.append(-torch.log(pos / (pos + neg)))
+    return torch.stack(losses).mean()
+
+
+def test_nt_xent_matches_brute_force_and_has_2n_minus_2_negatives():
+    z1, z2 = _unit(5, 6, seed=1), _unit(5, 6, seed=2)
+    pos, neg = simclr_similarities(z1, z2)
+    assert pos.shape == (10,) and neg.shape == (10, 8)
+    assert torch.allclose(nt_xent(z1, z2, 0.5), _brute_nt_xent(z1, z2, 0.5))
+    ifm = (_brute_nt_xent(z1, z2, 0.5) + _brute_nt_xent(z1, z2, 0.5, 0.1)) / 2
+    assert torch.allclose(nt_xent(z1, z2, 0.5, epsilon=0.1), ifm)
+
+
+def _brute_hcl(pos, neg, tau, beta, tau_plus):
+    pos_e = torch.exp(pos / tau)
+    neg_e = torch.exp(neg / tau)
+    imp = neg_e ** beta
+    r = (imp * neg_e).sum(1) / imp.mean(1)
+    m = neg.shape[1]
+    ng = torch.clamp((r - tau_plus * m * pos_e) / (1 - tau_plus), min=m * math.exp(-1 / tau))
+    return (-torch.log(pos_e / (pos_e + ng))).mean()
+
+
+@pytest.mark.parametrize("beta,tau_plus", [(0.0, 0.0), (1.0, 0.1), (0.5, 0.05), (2.0, 0.0)])
+def test_hard_negative_matches_direct_formula(beta, tau_plus):
+    g = torch.Generator().manual_seed(3)
+    pos = torch.rand(8, generator=g, dtype=torch.float64) * 2 - 1
+    neg = torch.rand(8, 14, generator=g, dtype=torch.float64) * 2 - 1
+    got = hard_negative_from_similarities(pos, neg, 0.5, beta, tau_plus)
+    assert torch.allclose(got.double(), _brute_hcl(pos, neg, 0.5, beta, tau_plus), rtol=1e-5)
+
+
+def test_hard_negative_beta0_is_info_nce_and_stable_at_extremes():
+    z1, z2 = _unit(6, 8, seed=1), _unit(6, 8, seed=2)
+    pos, neg = simclr_similarities(z1, z2)
+    base = ContrastiveLoss(0.5)(pos, neg)
+    assert torch.allclose(hard_negative_from_similarities(pos, neg, 0.5, 0.0, 0.0).double(), base, rtol=1e-6)
+    extreme = hard_negative_from_similarities(pos.float(), neg.float(), 0.05, beta=4.0, tau_plus=0.1)
+    assert torch.isfinite(extreme)
+
+
+def test_contrastive_loss_module_baseline_and_ifm():
+    pos, neg = simclr_similarities(_unit(6, 8, seed=1), _unit(6, 8, seed=2))
+    base = ContrastiveLoss(0.2, epsilon=0.0)(pos, neg)
+    ifm = ContrastiveLoss(0.2, epsilon=0.1)(pos, neg)
+    adv = ContrastiveLoss(0.2)(pos - 0.1, neg + 0.1)
+    assert torch.allclose(ifm, (base + adv) / 2)
