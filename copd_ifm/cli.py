@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from copd_ifm.errors import UserError
+
+if TYPE_CHECKING:
+    from copd_ifm.cohort.config import CohortConfig
 
 log = logging.getLogger("copd_ifm")
 
@@ -71,24 +74,107 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return _not_built("preprocess", 4)(args)
 
 
+def _ensure_store(cohort: "CohortConfig") -> None:
+    """Prepare a missing patch store (the demo cohort on a fresh install: synth + preprocess)."""
+    from copd_ifm.ct.preprocess import preprocess_cohort
+    from copd_ifm.ct.store import PatchStore
+
+    try:
+        PatchStore(cohort.store_path)
+    except UserError:
+        log.info("no patch store at %s: preprocessing cohort %r first", cohort.store_path, cohort.name)
+        preprocess_cohort(cohort)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    return _not_built("pretrain", 5)(args)
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.context.train import pretrain, resolve_pretrain_config
+
+    cohort = resolve_cohort(args.cohort)
+    extra: dict = {"device": args.device}
+    if args.ifm_eps is not None:
+        extra["ifm"] = {"epsilon": args.ifm_eps}
+    if args.ifm_alpha is not None:
+        extra.setdefault("ifm", {})["alpha"] = args.ifm_alpha
+    if args.epochs is not None:
+        extra["schedule"] = {"epochs": args.epochs}
+    cfg = resolve_pretrain_config(args.config, cohort, extra, args.overrides)
+    _ensure_store(cohort)
+    out = args.out or f"runs/{cohort.name}-{cfg.name}"
+    run = pretrain(cohort, cfg, out, resume=args.resume)
+    print(f"run folder: {run}")
+    return 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    return _not_built("extract", 6)(args)
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.evaluation.extract import extract_features
+
+    cohort = resolve_cohort(args.cohort) if args.cohort else None
+    path = extract_features(args.run, cohort, args.out, device=args.device)
+    print(f"features: {path}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    return _not_built("evaluate", 6)(args)
+    from pathlib import Path
+
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.evaluation.evaluate import default_report_dir, evaluate
+    from copd_ifm.evaluation.report import format_table
+
+    cohort = resolve_cohort(args.cohort, args.overrides)
+    out = Path(args.out) if args.out else default_report_dir(cohort)
+    sources = [s.strip() for s in args.features.split(",") if s.strip()]
+    results = evaluate(cohort, sources, args.outcomes.split(","), folds=args.folds, seed=args.seed, out=out,
+                       samples_per_dim=args.samples_per_dim)
+    print(format_table(results))
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _not_built("demo", 6)(args)
+    from copd_ifm.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick)
+    print((report / "report.md").read_text())
+    print(f"report: {report / 'report.md'} (also report.html, results.csv, plots)")
+    return 0
 
 
-def cmd_vision(args: argparse.Namespace) -> int:
-    return _not_built("vision", 7)(args)
+def cmd_vision_pretrain(args: argparse.Namespace) -> int:
+    return _not_built("vision pretrain", 7)(args)
+
+
+def cmd_vision_linear(args: argparse.Namespace) -> int:
+    return _not_built("vision linear", 7)(args)
+
+
+def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
+    from natural_images.trifeature import TrifeatureSpec, make_trifeature
+
+    spec = TrifeatureSpec(size=args.size, seed=args.seed, per_combination=args.per_combination,
+                          test_per_combination=args.test_per_combination, texture_period=args.texture_period)
+    out = make_trifeature(args.out, spec, workers=args.workers)
+    log.info("trifeature: %d train + %d test images of %d px in %s (contact sheet: %s)",
+             1000 * spec.train_per_combination, 1000 * spec.test_per_combination, spec.size, out,
+             out / "contact_sheet.png")
+    return 0
+
+
+def cmd_vision_make_digits(args: argparse.Namespace) -> int:
+    from natural_images.digits import DigitsSpec, make_digits
+
+    spec = DigitsSpec(source=args.source, data_root=args.data_root, size=args.size, seed=args.seed,
+                      n_train=args.n_train, n_test=args.n_test)
+    out = make_digits(args.out, spec, workers=args.workers)
+    log.info("%s written to %s (contact sheet: %s)",
+             "stl-digits" if spec.source == "stl" else "digits-standin", out, out / "contact_sheet.png")
+    return 0
+
+
+def cmd_vision_study(args: argparse.Namespace) -> int:
+    return _not_built("vision study", 8)(args)
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -157,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     p.add_argument("--out", default=None, help="report folder (default: reports/<cohort>)")
+    p.add_argument("--samples-per-dim", type=_workers, default=10,
+                   help="PCA keeps n_train // this many components when features exceed it")
+    _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -168,8 +257,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vision", help="SimCLR / MoCo-v2 with IFM on natural images", formatter_class=_fmt)
     _common(p)
-    p.set_defaults(func=cmd_vision)
+    vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=_Parser)
+    vsub.required = True
+    _add_vision_parsers(vsub)
     return parser
+
+
+def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
+    """``copd-ifm vision pretrain | linear | make-trifeature | make-digits | study``."""
+    p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=_fmt)
+    _add_set(p)
+    _common(p)
+    p.set_defaults(func=cmd_vision_pretrain)
+
+    p = vsub.add_parser("linear", help="linear read-out of a pretrained run", formatter_class=_fmt)
+    _add_set(p)
+    _common(p)
+    p.set_defaults(func=cmd_vision_linear)
+
+    p = vsub.add_parser("make-trifeature", help="generate the Trifeature dataset", formatter_class=_fmt)
+    p.add_argument("--out", required=True, help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png)")
+    p.add_argument("--size", type=int, default=128, help="image side in px")
+    p.add_argument("--per-combination", type=int, default=10,
+                   help="images per colour × shape × texture combination (train + test)")
+    p.add_argument("--test-per-combination", type=int, default=2, help="of those, images in the test split")
+    p.add_argument("--texture-period", type=float, default=None,
+                   help="texture period in px (default: 10·size/224, at least 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pixels)")
+    p.add_argument("--workers", type=_workers, default=2, help="parallel processes")
+    _common(p)
+    p.set_defaults(func=cmd_vision_make_trifeature)
+
+    p = vsub.add_parser("make-digits", help="build STL-digits (or its offline stand-in)", formatter_class=_fmt)
+    p.add_argument("--out", required=True, help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png)")
+    p.add_argument("--source", choices=["stl", "standin"], default="standin",
+                   help="stl: STL10 + MNIST files under --data-root; standin: scikit-learn's digits and photos")
+    p.add_argument("--data-root", default=None, help="folder holding stl10_binary/ and MNIST/raw/ (--source stl)")
+    p.add_argument("--size", type=int, default=96, help="image side in px (composed at 96 px)")
+    p.add_argument("--n-train", type=int, default=5000, help="stand-in training items")
+    p.add_argument("--n-test", type=int, default=2000, help="stand-in test items")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--workers", type=_workers, default=2, help="parallel processes")
+    _common(p)
+    p.set_defaults(func=cmd_vision_make_digits)
+
+    p = vsub.add_parser("study", help="feature-suppression studies (difficulty, IFM, correlation)",
+                        formatter_class=_fmt)
+    _add_set(p)
+    _common(p)
+    p.set_defaults(func=cmd_vision_study)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

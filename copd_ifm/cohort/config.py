@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from copd_ifm import config as cfg
 from copd_ifm.errors import UserError
@@ -74,6 +74,8 @@ class CohortConfig:
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
+    # Pretrain fields this cohort's size needs (dotted keys as for --set), applied after the pretrain YAML.
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 0.2 <= self.spacing_mm <= 10:

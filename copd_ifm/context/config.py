@@ -1,0 +1,120 @@
+"""Pretraining configuration of the context-aware MoCo-v2 (YAML in ``configs/pretrain/``).
+
+Resolution order: the pretrain YAML, then the cohort's ``pretrain_overrides``
+(what its size needs, e.g. the demo's short schedule), then CLI flags, then
+``--set``. The resolved config is written to ``RUN/config.yaml``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from copd_ifm.contrastive.training import OptimConfig
+
+
+@dataclass
+class ModelConfig:
+    """Patch encoder (3-D CNN) and graph encoder (GCN) widths."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv stage widths
+    feat_dim: int = 128          # patch / node feature width (the anchor: 128)
+    embed_dim: int = 128         # MoCo embedding width
+    mlp_head: bool = True        # MoCo-v2 MLP head
+    use_location: bool = True    # join normalised atlas coordinates before the head (131 → 128)
+
+    def validate(self) -> None:
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError("model.channels must be a non-empty list of positive widths")
+
+
+@dataclass
+class MoCoSettings:
+    """MoCo-v2 at both levels."""
+
+    temperature: float = 0.2
+    momentum: float = 0.999
+    patch_queue: int = 4096       # keys per landmark queue
+    graph_queue: int = 4096       # keys in the subject queue
+    per_landmark_queue: bool = True  # False: one shared patch queue
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"moco.temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"moco.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class IFMSettings:
+    """Implicit feature modification: ε = 0 is the baseline."""
+
+    epsilon: float = 0.1
+    alpha: float = 1.0
+
+    def validate(self) -> None:
+        if self.epsilon < 0:
+            raise ValueError(f"ifm.epsilon must be >= 0, got {self.epsilon}")
+
+
+@dataclass
+class AugmentConfig:
+    """Batched 3-D augmentation; lengths in voxels of a 32³ patch, scaled to the patch size."""
+
+    rotate_deg: float = 10.0       # the anchor: π/18
+    scale: float = 0.1
+    translate_vox: float = 12.0
+    elastic_vox: float = 2.0       # max smooth displacement
+    elastic_grid: int = 4          # control points per axis of the displacement field
+    noise_hu: float = 50.0         # Gaussian noise sd (HU), applied with p_noise
+    p_noise: float = 0.25
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # contrast, applied with p_contrast
+    p_contrast: float = 0.25
+    # Graph views in "feature" mode (see ScheduleConfig.graph_views): node dropout and feature noise.
+    node_drop: float = 0.1
+    feature_noise: float = 0.1     # sd as a fraction of each feature's sd over the cohort
+
+
+@dataclass
+class ScheduleConfig:
+    """The anchor's schedule: each epoch is one patch epoch then ``graph_subepochs`` graph epochs."""
+
+    epochs: int = 50
+    graph_subepochs: int = 10
+    patch_batch: int = 128          # patches of one landmark per step (capped by the cohort size)
+    graph_batch: int = 16           # subjects per graph step
+    landmarks_per_epoch: int = 0    # 0 = every landmark each patch epoch
+    # "patch": each subject view is its augmented CT patches re-encoded by the frozen patch encoder
+    # (the anchor). "feature": patches are encoded once per epoch without augmentation and views
+    # are made by node dropout + feature noise (far cheaper on a CPU).
+    graph_views: str = "patch"
+    patch_level: bool = True
+    graph_level: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"schedule.epochs must be >= 1, got {self.epochs}")
+        if self.patch_batch < 2 or self.graph_batch < 2:
+            raise ValueError("schedule.patch_batch and graph_batch must be >= 2")
+        if self.graph_views not in {"patch", "feature"}:
+            raise ValueError(f"schedule.graph_views must be patch or feature, got {self.graph_views!r}")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs besides the cohort."""
+
+    name: str = "ifm"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                # float16 autocast on CUDA
+    workers: int = 2                # data-loading processes
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MoCoSettings = field(default_factory=MoCoSettings)
+    ifm: IFMSettings = field(default_factory=IFMSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log_every: int = 10
+
+    def validate(self) -> None:
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -1,0 +1,78 @@
+"""The context-aware model: a patch-level MoCo and a graph-level MoCo sharing one patch encoder.
+
+Patch level: ``MoCo(PatchEncoder)`` with one queue per landmark (or one shared).
+Graph level: node features are the *frozen* patch encoder's features of every
+landmark of a subject; ``MoCo(GraphEncoder)`` contrasts subjects. Both use the
+shared engine (:class:`copd_ifm.contrastive.MoCo`), whose outputs feed
+:class:`copd_ifm.contrastive.ContrastiveLoss` (InfoNCE or IFM).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from copd_ifm.context.config import PretrainConfig
+from copd_ifm.context.encoders import GraphEncoder, PatchEncoder
+from copd_ifm.contrastive import MoCo
+
+
+def batched_edges(edge_index: Tensor, n_nodes: int, n_graphs: int) -> tuple[Tensor, Tensor]:
+    """Replicate one graph's ``[2, E]`` edges for ``n_graphs`` copies → ``[2, n_graphs·E]`` and node→graph ``[n_graphs·L]``."""
+    offsets = torch.arange(n_graphs, device=edge_index.device).repeat_interleave(edge_index.shape[1]) * n_nodes
+    edges = edge_index.repeat(1, n_graphs) + offsets
+    batch = torch.arange(n_graphs, device=edge_index.device).repeat_interleave(n_nodes)
+    return edges, batch
+
+
+class ContextModel(nn.Module):
+    """Holds both MoCo levels; ``landmark_coords`` ``[L, 3]`` and ``edge_index`` ``[2, E]`` are buffers."""
+
+    def __init__(self, cfg: PretrainConfig, landmark_coords: Tensor, edge_index: Tensor) -> None:
+        super().__init__()
+        m, moco = cfg.model, cfg.moco
+        n_landmarks = landmark_coords.shape[0]
+        self.register_buffer("landmark_coords", landmark_coords.float())
+        self.register_buffer("edge_index", edge_index.long())
+        self.patch = MoCo(PatchEncoder(m.channels, m.feat_dim, m.use_location), m.feat_dim, m.embed_dim,
+                          moco.patch_queue, moco.momentum, m.mlp_head,
+                          num_queues=n_landmarks if moco.per_landmark_queue else 1)
+        self.graph = MoCo(GraphEncoder(m.feat_dim), m.feat_dim, m.embed_dim, moco.graph_queue, moco.momentum,
+                          m.mlp_head, shuffle_bn=False)
+        self.per_landmark_queue = moco.per_landmark_queue
+
+    @property
+    def n_landmarks(self) -> int:
+        return self.landmark_coords.shape[0]
+
+    @property
+    def patch_encoder(self) -> PatchEncoder:
+        """The query patch encoder (no projection head)."""
+        return self.patch.encoder_q.encoder
+
+    @property
+    def graph_encoder(self) -> GraphEncoder:
+        return self.graph.encoder_q.encoder
+
+    def queue_id(self, landmark: int) -> int:
+        return landmark if self.per_landmark_queue else 0
+
+    def node_features(self, patches: Tensor, chunk: int = 4096) -> Tensor:
+        """Frozen patch-encoder features of whole subjects: ``[G, L, 1, P, P, P]`` → ``[G·L, F]``.
+
+        Runs without gradient in eval mode, ``chunk`` patches at a time.
+        """
+        g, n = patches.shape[:2]
+        flat = patches.reshape(g * n, *patches.shape[2:])
+        loc = self.landmark_coords.repeat(g, 1)
+        encoder = self.patch_encoder
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            out = torch.cat([encoder(flat[i:i + chunk], loc[i:i + chunk]) for i in range(0, g * n, chunk)])
+        encoder.train(was_training)
+        return out
+
+    def graph_inputs(self, node_feats: Tensor, n_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs of the graph encoder for ``n_graphs`` subjects with node features ``[n_graphs·L, F]``."""
+        edges, batch = batched_edges(self.edge_index, self.n_landmarks, n_graphs)
+        return node_feats, edges, batch

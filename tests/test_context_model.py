@@ -1,0 +1,102 @@
+"""Context-aware model pieces: augmentation, sampling plans, graph encoder invariances."""
+from __future__ import annotations
+
+import torch
+
+from copd_ifm.context.augment import PatchAugment, RandAffineElastic3D
+from copd_ifm.context.config import AugmentConfig, PretrainConfig
+from copd_ifm.context.data import graph_epoch_plan, patch_epoch_plan
+from copd_ifm.context.encoders import GraphEncoder, PatchEncoder
+from copd_ifm.context.model import ContextModel, batched_edges
+
+
+def _lattice(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates ``[n³, 3]`` and face-neighbour edges of an ``n × n × n`` lattice."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n)] * 3, indexing="ij"), -1).view(-1, 3).float()
+    diff = (coords[:, None] - coords[None]).abs().sum(-1)
+    edges = torch.nonzero(diff == 1).T
+    return coords / (n - 1), edges
+
+
+def test_zero_augmentation_is_identity():
+    cfg = AugmentConfig(rotate_deg=0, scale=0, translate_vox=0, elastic_vox=0, p_noise=0, p_contrast=0)
+    x = torch.randn(3, 1, 8, 8, 8)
+    assert torch.allclose(PatchAugment(cfg)(x), x, atol=1e-5)
+
+
+def test_group_shares_one_deformation():
+    cfg = AugmentConfig(p_noise=0, p_contrast=0)
+    x = torch.randn(1, 1, 8, 8, 8).repeat(4, 1, 1, 1, 1)
+    torch.manual_seed(0)
+    out = RandAffineElastic3D(cfg)(x, torch.tensor([0, 0, 1, 1]))
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[2], out[3])
+    assert not torch.allclose(out[0], out[2])
+
+
+def test_patch_plan_one_landmark_per_step_and_disjoint_ranks():
+    full = patch_epoch_plan(10, 6, batch=4, seed=1, epoch=2)
+    assert len(full) == 6 * 2  # 10 // 4 batches per landmark, remainder dropped
+    assert full == patch_epoch_plan(10, 6, batch=4, seed=1, epoch=2)
+    assert full != patch_epoch_plan(10, 6, batch=4, seed=1, epoch=3)
+    r0 = patch_epoch_plan(10, 6, batch=4, seed=1, epoch=2, rank=0, world=2)
+    r1 = patch_epoch_plan(10, 6, batch=4, seed=1, epoch=2, rank=1, world=2)
+    for a, b, f in zip(r0, r1, full):
+        assert a.landmark == b.landmark == f.landmark
+        assert set(a.subjects).isdisjoint(b.subjects) and set(a.subjects) | set(b.subjects) == set(f.subjects)
+    sub = patch_epoch_plan(10, 6, batch=4, seed=1, epoch=2, landmarks_per_epoch=3)
+    assert len({s.landmark for s in sub}) == 3
+
+
+def test_graph_plan_covers_subjects_once():
+    plan = graph_epoch_plan(9, batch=4, seed=0, epoch=0, sub=0)
+    flat = [s for b in plan for s in b]
+    assert len(plan) == 2 and len(set(flat)) == 8
+
+
+def test_batched_edges_offsets():
+    _, edges = _lattice(2)
+    e, batch = batched_edges(edges, 8, 3)
+    assert e.shape[1] == 3 * edges.shape[1]
+    assert torch.equal(e[:, edges.shape[1]:2 * edges.shape[1]], edges + 8)
+    assert batch.tolist() == [0] * 8 + [1] * 8 + [2] * 8
+
+
+def test_graph_encoder_invariant_to_landmark_permutation():
+    torch.manual_seed(0)
+    coords, edges = _lattice(3)
+    enc = GraphEncoder(16).eval()
+    x = torch.randn(27, 16)
+    batch = torch.zeros(27, dtype=torch.long)
+    perm = torch.randperm(27)
+    inverse = torch.argsort(perm)
+    permuted_edges = inverse[edges]  # node i of the new order is node perm[i] of the old one
+    out = enc(x, edges, batch)
+    out_perm = enc(x[perm], permuted_edges, batch)
+    assert torch.allclose(out, out_perm, atol=1e-5)
+    nodes = enc.node_embeddings(x, edges)
+    assert torch.allclose(enc.node_embeddings(x[perm], permuted_edges), nodes[perm], atol=1e-5)
+
+
+def test_patch_encoder_shapes_and_location_conditioning():
+    torch.manual_seed(0)
+    enc = PatchEncoder([4, 8], feat_dim=16).eval()
+    x = torch.randn(2, 1, 8, 8, 8)
+    a = enc(x, torch.zeros(2, 3))
+    b = enc(x, torch.ones(2, 3))
+    assert a.shape == (2, 16) and not torch.allclose(a, b)
+
+
+def test_context_model_levels_share_the_patch_encoder():
+    coords, edges = _lattice(2)
+    cfg = PretrainConfig()
+    cfg.model.channels = [4, 8]
+    cfg.model.feat_dim = 16
+    cfg.moco.patch_queue = 8
+    model = ContextModel(cfg, coords, edges)
+    assert model.patch.queue.shape == (8, 8, 128)  # one queue per landmark
+    patches = torch.randn(2, 8, 1, 8, 8, 8)
+    feats = model.node_features(patches)
+    assert feats.shape == (16, 16) and not feats.requires_grad
+    x, e, batch = model.graph_inputs(feats, 2)
+    out = model.graph((x, e, batch), (x, e, batch))
+    assert out.pos.shape == (2,) and out.neg.shape == (2, cfg.moco.graph_queue)
