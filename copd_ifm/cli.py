@@ -67,11 +67,34 @@ def _not_built(stage: str, issue: int) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    return _not_built("synth", 3)(args)
+    from pathlib import Path
+
+    from copd_ifm.cohort.synthetic import generate_cohort
+
+    manifest = generate_cohort(Path(args.out), n=args.n, seed=args.seed, spacing_mm=args.spacing,
+                               workers=args.workers)
+    print(f"synthetic cohort: {manifest} ({args.n} subjects at {args.spacing} mm; "
+          f"preview {manifest.parent / 'preview.png'})")
+    return 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    return _not_built("preprocess", 4)(args)
+    from pathlib import Path
+
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.ct.preprocess import preprocess_cohort
+
+    cohort = resolve_cohort(args.cohort, args.overrides)
+    store = preprocess_cohort(cohort, out=Path(args.out) if args.out else None, workers=args.workers,
+                              shard=args.shard, lung_seg=args.lung_seg)
+    failed = store.failures
+    print(f"patch store {store.path}: {len(store.sids)} subjects ok, {len(failed)} failed; "
+          f"{store.n_landmarks} landmarks, patches {store.patch_size}^3 at {store.config['spacing_mm']} mm")
+    for row in failed.head(10).itertuples():
+        print(f"  failed {row.sid}: {row.reason}")
+    if len(failed):
+        print(f"  all failures: {store.path / 'failures.csv'}")
+    return 1 if len(failed) else 0
 
 
 def _ensure_store(cohort: "CohortConfig") -> None:
@@ -142,20 +165,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``vision pretrain`` flag → dotted VisionConfig field (unset flags leave the config's value).
+_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.ifm_eps",
+                 "ifm_alpha": "loss.ifm_alpha", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
+                 "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
+                 "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
+                 "download": "data.download"}
+
+
+def _vision_fields(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """``--set``-style ``key=value`` items for the flags that were given, then the user's own ``--set``."""
+    import json
+
+    given = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags.items()
+             if getattr(args, flag, None) not in (None, False)]
+    return given + list(args.overrides)
+
+
 def cmd_vision_pretrain(args: argparse.Namespace) -> int:
-    return _not_built("vision pretrain", 7)(args)
+    from pathlib import Path
+
+    from natural_images.config import config_path, load_vision_config
+    from natural_images.run import default_run_dir
+    from natural_images.train import pretrain
+
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        name = str(Path(args.out) / "config.yaml")
+        if not Path(name).is_file():
+            raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
+    else:
+        name = str(config_path(args.config or f"{args.dataset or 'cifar10'}_{args.method or 'simclr'}"))
+    config = load_vision_config(name, overrides=_vision_fields(args, _VISION_FLAGS))
+    out = Path(args.out) if args.out else default_run_dir(config)
+    summary = pretrain(config, out, resume=args.resume, device=args.device)
+    knn = ", ".join(f"{k} {v:.2f}%" for k, v in summary.get("knn_top1", {}).items())
+    print(f"run folder: {out} (epochs {summary.get('epochs_done')}/{summary.get('epochs')}, "
+          f"loss {summary.get('loss', float('nan')):.4f}{', kNN top-1 ' + knn if knn else ''})")
+    return 0
 
 
 def cmd_vision_linear(args: argparse.Namespace) -> int:
-    return _not_built("vision linear", 7)(args)
+    from natural_images.linear import linear_readout, resolve_linear_config
+
+    linear = resolve_linear_config(args.run, _vision_fields(args, {"epochs": "epochs", "lr": "optim.lr",
+                                                                   "batch_size": "batch_size"}))
+    result = linear_readout(args.run, args.dataset, linear, device=args.device, data_root=args.data_root,
+                            download=args.download, workers=args.workers)
+    for label, acc in result["top1"].items():
+        print(f"{result['dataset']} {label}: linear top-1 {acc:.2f}% "
+              f"({result['train_size']} train / {result['test_size']} test images)")
+    print(f"results: {args.run}/linear.json, linear.csv, linear.png")
+    return 0
 
 
 def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
+    from natural_images.config import DataConfig
     from natural_images.trifeature import TrifeatureSpec, make_trifeature
 
     spec = TrifeatureSpec(size=args.size, seed=args.seed, per_combination=args.per_combination,
                           test_per_combination=args.test_per_combination, texture_period=args.texture_period)
-    out = make_trifeature(args.out, spec, workers=args.workers)
+    out = make_trifeature(args.out or DataConfig().root_path / "trifeature", spec, workers=args.workers)
     log.info("trifeature: %d train + %d test images of %d px in %s (contact sheet: %s)",
              1000 * spec.train_per_combination, 1000 * spec.test_per_combination, spec.size, out,
              out / "contact_sheet.png")
@@ -163,13 +234,15 @@ def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
 
 
 def cmd_vision_make_digits(args: argparse.Namespace) -> int:
+    from natural_images.config import DataConfig
     from natural_images.digits import DigitsSpec, make_digits
 
-    spec = DigitsSpec(source=args.source, data_root=args.data_root, size=args.size, seed=args.seed,
+    data_root = args.data_root or (str(DataConfig().root_path) if args.source == "stl" else None)
+    spec = DigitsSpec(source=args.source, data_root=data_root, size=args.size, seed=args.seed,
                       n_train=args.n_train, n_test=args.n_test)
-    out = make_digits(args.out, spec, workers=args.workers)
-    log.info("%s written to %s (contact sheet: %s)",
-             "stl-digits" if spec.source == "stl" else "digits-standin", out, out / "contact_sheet.png")
+    name = "stl-digits" if spec.source == "stl" else "digits-standin"
+    out = make_digits(args.out or DataConfig().root_path / name, spec, workers=args.workers)
+    log.info("%s written to %s (contact sheet: %s)", name, out, out / "contact_sheet.png")
     return 0
 
 
@@ -265,18 +338,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     """``copd-ifm vision pretrain | linear | make-trifeature | make-digits | study``."""
-    p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=_fmt)
+    p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=_fmt,
+                        description="Unset flags keep the config's value. Runs under torchrun for DDP "
+                                    "(--batch-size is the global batch).")
+    p.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100, stl10, tinyimagenet, imagenet100, trifeature, ...; unset: cifar10")
+    p.add_argument("--method", choices=["simclr", "moco"], default=None, help="contrastive method; unset: simclr")
+    p.add_argument("--config", default=None,
+                   help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr")
+    p.add_argument("--arch", default=None, help="torchvision ResNet: resnet18, resnet50, ...")
+    p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline)")
+    p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α in (L + α·L_ε)/2")
+    p.add_argument("--hcl-beta", type=float, default=None, help="hard-negative concentration β")
+    p.add_argument("--tau-plus", type=float, default=None, help="positive-class prior τ⁺ (debiased negatives)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature τ")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets; unset: the config's (DATA_HOME/vision)")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process")
+    p.add_argument("--out", default=None, help="run folder; unset: runs/vision/DATASET_METHOD_ARCH_epsE_seedS")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_vision_pretrain)
 
-    p = vsub.add_parser("linear", help="linear read-out of a pretrained run", formatter_class=_fmt)
+    p = vsub.add_parser("linear", help="linear read-out of a pretrained run", formatter_class=_fmt,
+                        description="Encodes train/test once with the frozen encoder, then trains a linear "
+                                    "classifier; --set keys are fields of the run config's linear section.")
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--dataset", default=None, help="dataset to read out; unset: the pretraining dataset")
+    p.add_argument("--epochs", type=int, default=None, help="linear epochs; unset: the run config's")
+    p.add_argument("--lr", type=float, default=None, help="learning rate; unset: the run config's")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size; unset: the run config's")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets; unset: the run's")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes; unset: the run config's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_vision_linear)
 
     p = vsub.add_parser("make-trifeature", help="generate the Trifeature dataset", formatter_class=_fmt)
-    p.add_argument("--out", required=True, help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png)")
+    p.add_argument("--out", default=None,
+                   help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png); "
+                        "default: DATA_HOME/vision/trifeature, where `--dataset trifeature` looks")
     p.add_argument("--size", type=int, default=128, help="image side in px")
     p.add_argument("--per-combination", type=int, default=10,
                    help="images per colour × shape × texture combination (train + test)")
@@ -289,10 +398,12 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_vision_make_trifeature)
 
     p = vsub.add_parser("make-digits", help="build STL-digits (or its offline stand-in)", formatter_class=_fmt)
-    p.add_argument("--out", required=True, help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png)")
+    p.add_argument("--out", default=None,
+                   help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png); default: "
+                        "DATA_HOME/vision/stl-digits or .../digits-standin, where `--dataset NAME` looks")
     p.add_argument("--source", choices=["stl", "standin"], default="standin",
                    help="stl: STL10 + MNIST files under --data-root; standin: scikit-learn's digits and photos")
-    p.add_argument("--data-root", default=None, help="folder holding stl10_binary/ and MNIST/raw/ (--source stl)")
+    p.add_argument("--data-root", default=None, help="folder holding stl10_binary/ and MNIST/raw/ (--source stl); default: DATA_HOME/vision")
     p.add_argument("--size", type=int, default=96, help="image side in px (composed at 96 px)")
     p.add_argument("--n-train", type=int, default=5000, help="stand-in training items")
     p.add_argument("--n-test", type=int, default=2000, help="stand-in test items")

@@ -1,0 +1,140 @@
+"""``copd-ifm evaluate``: cross-validated outcome read-out of feature tables vs densitometry.
+
+Joins the cohort's manifest (outcomes), the densitometry baseline from the
+patch store and any number of features tables, scores every method on the
+same folds (:mod:`copd_ifm.evaluation.cv`) and writes the report, tables and
+plots (:mod:`copd_ifm.evaluation.report`, :mod:`copd_ifm.evaluation.plots`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from copd_ifm.cohort.config import CohortConfig
+from copd_ifm.errors import UserError
+from copd_ifm.evaluation import plots
+from copd_ifm.evaluation.cv import SAMPLES_PER_DIM, assign_folds, cross_validate
+from copd_ifm.evaluation.features import read_feature_sets
+from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, read_manifest
+from copd_ifm.evaluation.report import Evaluation, summarize, write_report
+
+log = logging.getLogger(__name__)
+
+#: Method name of the classical baseline and its columns (%, HU, litres).
+DENSITOMETRY = "densitometry"
+DENSITOMETRY_COLUMNS = ("laa950_pct", "perc15_hu", "lung_volume_l")
+
+
+def default_report_dir(cohort: CohortConfig) -> Path:
+    """``reports/<cohort name>`` under the working directory."""
+    return Path("reports") / cohort.name
+
+
+def load_densitometry(cohort: CohortConfig) -> pd.DataFrame:
+    """The patch store's densitometry table: columns sid, laa950_pct, perc15_hu, lung_volume_l."""
+    from copd_ifm.ct.store import PatchStore  # lazily: the store pulls in the CT stack
+
+    return PatchStore(cohort.store_path).densitometry()
+
+
+def densitometry_features(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Densitometry table → sid-indexed features ``[n, 3]``; rows with a missing value dropped."""
+    missing = [c for c in ("sid", *DENSITOMETRY_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{where}: densitometry has no column {missing[0]!r} "
+                        f"(expected sid, {', '.join(DENSITOMETRY_COLUMNS)}; re-run `copd-ifm preprocess`)")
+    table = frame.assign(sid=frame["sid"].astype(str)).set_index("sid")[list(DENSITOMETRY_COLUMNS)]
+    table = table.astype(float).dropna()
+    table.attrs.update(path=where)
+    return table
+
+
+def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[str], folds: int = 5,
+             seed: int = 0, out: Path | None = None, densitometry: pd.DataFrame | None = None,
+             samples_per_dim: int = SAMPLES_PER_DIM) -> pd.DataFrame:
+    """Cross-validate every feature set and the densitometry baseline on ``outcomes``.
+
+    ``feature_sources``: run folders (``RUN/features.parquet``) or features
+    tables; each contributes one method per feature set. ``densitometry``: the
+    baseline table (sid, laa950_pct, perc15_hu, lung_volume_l); default: read
+    from the cohort's patch store. Writes the report into ``out`` (default
+    :func:`default_report_dir`) and returns the per-fold results (one row per
+    method × outcome × fold, columns of :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS`).
+    """
+    chosen = parse_outcomes(outcomes)
+    if samples_per_dim < 1:
+        raise UserError(f"--samples-per-dim must be at least 1, got {samples_per_dim}")
+    manifest = read_manifest(cohort.manifest_path)
+    if densitometry is None:
+        base = densitometry_features(load_densitometry(cohort), str(cohort.store_path))
+        base_text = f"%LAA-950 (%), Perc15 (HU), lung volume (L) from the patch store {cohort.store_path}"
+    else:
+        base = densitometry_features(densitometry, "densitometry table")
+        base_text = "%LAA-950 (%), Perc15 (HU), lung volume (L) from the given densitometry table"
+    methods = {DENSITOMETRY: base}
+    descriptions = {DENSITOMETRY: base_text}
+    for source in feature_sources:
+        for name, frame in read_feature_sets(source).items():
+            if name in methods:
+                raise UserError(f"{source}: feature set {name!r} is already loaded from "
+                                f"{methods[name].attrs.get('path')} (give each run a distinct name)")
+            meta = frame.attrs["meta"]
+            methods[name] = frame
+            descriptions[name] = (f"{frame.shape[1]} features from {frame.attrs['path']}"
+                                  + (f", config hash {meta['config_hash']}" if meta.get("config_hash") else ""))
+    for name, frame in methods.items():
+        stray = len(frame.index.difference(manifest.index))
+        if stray:
+            log.warning("%s: %d subjects are not in the manifest %s and are ignored", name, stray,
+                        cohort.manifest_path)
+
+    # First every outcome's subjects and folds, so bad input stops before any model is fitted.
+    plans, counts = [], []
+    for outcome in chosen:
+        y = outcome_values(outcome, manifest, cohort.outcomes, str(cohort.manifest_path)).dropna()
+        usable = y.index
+        missing = {}
+        for name, frame in methods.items():
+            missing[f"missing:{name}"] = int((~y.index.isin(frame.index)).sum())
+            usable = usable[usable.isin(frame.index)]
+        counts.append({"outcome": outcome.name, "kind": outcome.kind, "manifest": len(manifest),
+                       "outcome_missing": len(manifest) - len(y), "features_missing": len(y) - len(usable),
+                       "used": len(usable), "majority_level": None, "majority_share": None, **missing})
+        y = y.loc[usable]
+        fold_of = assign_folds(y, outcome, folds, seed)
+        if outcome.ordinal:
+            shares = y.value_counts(normalize=True)
+            counts[-1].update(majority_level=outcome.levels[int(shares.index[0])], majority_share=float(shares.iloc[0]))
+        plans.append((outcome, y, fold_of))
+
+    results, predictions = [], []
+    with tqdm(total=len(plans) * len(methods) * folds, desc="evaluate", unit="fit") as bar:
+        for outcome, y, fold_of in plans:
+            cv = cross_validate(methods, y, fold_of, outcome, samples_per_dim, progress=lambda: bar.update())
+            results.append(cv.results)
+            predictions.append(cv.predictions)
+    ev = Evaluation(
+        cohort=cohort.name,
+        synthetic=(f"generated, n={cohort.synthetic.n}, seed {cohort.synthetic.seed}"
+                   if cohort.synthetic is not None else None),
+        folds=folds, seed=seed, samples_per_dim=samples_per_dim, outcomes=chosen, methods=descriptions,
+        counts=pd.DataFrame(counts), results=pd.concat(results, ignore_index=True),
+        predictions=pd.concat(predictions, ignore_index=True))
+
+    out = Path(out) if out is not None else default_report_dir(cohort)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(ev.results)
+    names = list(methods)
+    figures = [plots.plot_metrics(summary, chosen, names, out / "metrics.png")]
+    for outcome in chosen:
+        if outcome.ordinal:
+            figures.append(plots.plot_confusion(ev.predictions, outcome, names, out / f"confusion_{outcome.name}.png"))
+        else:
+            figures.append(plots.plot_pred_vs_obs(ev.predictions, summary, outcome, names,
+                                                  out / f"pred_vs_obs_{outcome.name}.png"))
+    write_report(ev, out, figures)
+    log.info("report written to %s", out / "report.md")
+    return ev.results

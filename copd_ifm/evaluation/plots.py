@@ -1,0 +1,93 @@
+"""Evaluation plots (matplotlib, Agg backend): what a reader looks at beside the tables.
+
+* ``pred_vs_obs_<outcome>.png``: out-of-fold predicted vs observed, one panel
+  per method (continuous outcomes).
+* ``confusion_<outcome>.png``: confusion matrix of the out-of-fold predicted
+  level, one panel per method (ordinal outcomes).
+* ``metrics.png``: every method per outcome metric, bar = mean over folds,
+  error bar = sample sd over folds.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
+
+from copd_ifm.evaluation.outcomes import Outcome  # noqa: E402
+from copd_ifm.evaluation.report import METRICS  # noqa: E402
+
+
+def _grid(n: int, size: float = 3.4) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_pred_vs_obs(predictions: pd.DataFrame, summary: pd.DataFrame, outcome: Outcome,
+                     methods: list[str], path: Path) -> Path:
+    """Scatter of out-of-fold predicted vs observed ``outcome`` (log units), identity line, mean R² per panel."""
+    fig, axes = _grid(len(methods))
+    data = predictions[predictions["outcome"] == outcome.name]
+    r2 = summary[(summary["outcome"] == outcome.name) & (summary["metric"] == "r2")].set_index("method")["mean"]
+    lo, hi = data[["observed", "predicted"]].min().min(), data[["observed", "predicted"]].max().max()
+    for ax, method in zip(axes, methods):
+        part = data[data["method"] == method]
+        ax.scatter(part["observed"], part["predicted"], s=12, alpha=0.7)
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+        ax.set_title(f"{method}\nR² = {r2.get(method, np.nan):.3f}", fontsize=9)
+        ax.set_xlabel(f"observed {outcome.name}")
+        ax.set_ylabel("predicted (out of fold)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(predictions: pd.DataFrame, outcome: Outcome, methods: list[str], path: Path) -> Path:
+    """Confusion matrix (rows = true level, columns = predicted level, counts) per method."""
+    fig, axes = _grid(len(methods), size=3.8)
+    data = predictions[(predictions["outcome"] == outcome.name) & predictions["predicted"].notna()]
+    codes = list(range(len(outcome.levels)))
+    for ax, method in zip(axes, methods):
+        part = data[data["method"] == method]
+        matrix = confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
+        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(ax=ax, colorbar=False)
+        ax.set_title(method, fontsize=9)
+    fig.suptitle(f"{outcome.name}: " + ", ".join(f"{i}={lab}" for i, lab in enumerate(outcome.levels)),
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_metrics(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str], path: Path) -> Path:
+    """Bar chart per outcome metric: every method's mean with a ±sd error bar over folds."""
+    panels = [(o, metric, label, scale) for o in outcomes for metric, label, scale in METRICS[o.kind]]
+    fig, axes = _grid(len(panels), size=3.6)
+    cells = summary.set_index(["method", "outcome", "metric"])
+    x = np.arange(len(methods))
+    for ax, (outcome, metric, label, scale) in zip(axes, panels):
+        means = np.array([cells.loc[(m, outcome.name, metric), "mean"] for m in methods]) * scale
+        sds = np.array([cells.loc[(m, outcome.name, metric), "sd"] for m in methods]) * scale
+        ax.bar(x, np.nan_to_num(means), yerr=np.nan_to_num(sds), capsize=3, color=plt.cm.tab10(x % 10))
+        ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{outcome.name} {label}", fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.6)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,254 @@
+"""Evaluation reports: the Table-2-shaped summary as Markdown and HTML, plus CSV and JSON.
+
+Files written into the report folder (each atomically):
+
+* ``report.md`` / ``report.html``: methods as rows, outcomes as columns
+  (R² for continuous outcomes, accuracy and 1-off accuracy in % for ordinal
+  ones), mean ± sample sd over folds, the best mean per column in bold; then
+  the subject counts, the methods' sources, fold notes and the plots.
+* ``results.csv``: one row per method × outcome × fold (columns of
+  :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS`).
+* ``results.json``: settings, counts, the summary and the fold rows.
+* ``predictions.csv``: out-of-fold prediction of every subject, per method and
+  outcome (the data behind the plots).
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from copd_ifm.config import atomic_write_text
+from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome
+
+#: Metrics per outcome kind: (column in the results table, label, scale for display).
+METRICS: dict[str, list[tuple[str, str, float]]] = {
+    "continuous": [("r2", "R²", 1.0)],
+    "ordinal": [("accuracy", "acc. %", 100.0), ("one_off", "1-off %", 100.0)],
+}
+
+
+@dataclass
+class Evaluation:
+    """Everything a report shows.
+
+    ``methods``: method name → one-line description of its source, in row order.
+    ``counts``: one row per outcome (columns outcome, kind, manifest,
+    outcome_missing, features_missing, used, majority_level, majority_share,
+    plus ``missing:<method>`` per method). ``results``/``predictions``: see
+    :class:`copd_ifm.evaluation.cv.CVResult`.
+    """
+
+    cohort: str
+    synthetic: str | None
+    folds: int
+    seed: int
+    samples_per_dim: int
+    outcomes: list[Outcome]
+    methods: dict[str, str]
+    counts: pd.DataFrame
+    results: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Fold rows → one row per method × outcome × metric.
+
+    Columns: method, outcome, metric, mean, sd (sample sd, ddof=1, over folds),
+    folds, failed (folds whose model could not be fitted), not_converged. The
+    mean and sd are NaN when any fold failed: a partial mean would not compare
+    like with like.
+    """
+    rows = []
+    for (method, outcome), group in results.groupby(["method", "outcome"], sort=False):
+        failed = int((group["status"] == "failed").sum())
+        for metric, _, _ in METRICS[group["kind"].iloc[0]]:
+            values = group[metric].to_numpy(dtype=float)
+            ok = failed == 0
+            rows.append({"method": method, "outcome": outcome, "metric": metric,
+                         "mean": float(values.mean()) if ok else np.nan,
+                         "sd": float(values.std(ddof=1)) if ok and len(values) > 1 else np.nan,
+                         "folds": len(values), "failed": failed,
+                         "not_converged": int((group["status"] == "not converged").sum())})
+    return pd.DataFrame(rows, columns=["method", "outcome", "metric", "mean", "sd", "folds", "failed",
+                                       "not_converged"])
+
+
+def _columns(outcomes: list[Outcome]) -> list[tuple[Outcome, str, str, float]]:
+    return [(o, metric, f"{o.name} {label}", scale) for o in outcomes for metric, label, scale in METRICS[o.kind]]
+
+
+def table(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str],
+          bold: tuple[str, str] = ("**", "**")) -> pd.DataFrame:
+    """Summary → display table (methods × outcome metrics) of ``mean ± sd`` strings.
+
+    ``bold``: (open, close) markup around the best mean of each column.
+    ``†`` marks cells where the ordinal model did not converge in some fold.
+    """
+    cells = summary.set_index(["method", "outcome", "metric"])
+    out = pd.DataFrame(index=methods, dtype=object)
+    for outcome, metric, label, scale in _columns(outcomes):
+        means = pd.Series({m: cells.loc[(m, outcome.name, metric), "mean"] for m in methods})
+        best = means.max()
+        column = []
+        for method in methods:
+            cell = cells.loc[(method, outcome.name, metric)]
+            if cell["failed"]:
+                column.append(f"failed in {int(cell['failed'])}/{int(cell['folds'])} folds")
+                continue
+            digits = 3 if scale == 1.0 else 1
+            text = f"{cell['mean'] * scale:.{digits}f} ± {cell['sd'] * scale:.{digits}f}"
+            if np.isclose(cell["mean"], best, rtol=0, atol=1e-12):
+                text = f"{bold[0]}{text}{bold[1]}"
+            column.append(text + (" †" if cell["not_converged"] else ""))
+        out[label] = column
+    out.index.name = "method"
+    return out
+
+
+def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
+    """Plain pipe table (no extra dependency)."""
+    header = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, row in frame.iterrows():
+        cells = ([str(key)] if index else []) + [str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_table(results: pd.DataFrame) -> str:
+    """Per-fold results → the summary as a Markdown table (for the terminal)."""
+    outcomes = [OUTCOMES[name] for name in dict.fromkeys(results["outcome"])]
+    methods = list(dict.fromkeys(results["method"]))
+    return _markdown(table(summarize(results), outcomes, methods))
+
+
+def _counts_table(ev: Evaluation) -> pd.DataFrame:
+    counts = ev.counts.set_index("outcome")
+    shown = pd.DataFrame({
+        "kind": counts["kind"],
+        "in manifest": counts["manifest"],
+        "outcome missing": counts["outcome_missing"],
+        "features missing": counts["features_missing"],
+        "used": counts["used"],
+        "majority level (share %)": [
+            "" if pd.isna(level) else f"{level} ({share * 100:.1f})"
+            for level, share in zip(counts["majority_level"], counts["majority_share"])],
+    })
+    shown.index.name = "outcome"
+    return shown
+
+
+def _notes(ev: Evaluation) -> list[str]:
+    notes = []
+    flagged = ev.results[(ev.results["status"] != "ok") | (ev.results["note"] != "")]
+    for _, row in flagged.iterrows():
+        text = f"{row['method']}, {row['outcome']}, fold {row['fold']}: {row['status']}"
+        notes.append(text + (f" ({row['note']})" if row["note"] else ""))
+    counts = ev.counts.set_index("outcome")
+    for method in ev.methods:
+        column = f"missing:{method}"
+        if column in counts and counts[column].sum():
+            per = ", ".join(f"{o} {int(n)}" for o, n in counts[column].items() if n)
+            notes.append(f"{method}: subjects with the outcome but no features, dropped for every method: {per}")
+    return notes
+
+
+def _method_text(ev: Evaluation) -> list[str]:
+    return [
+        f"{ev.folds}-fold cross-validation, seed {ev.seed}: KFold for continuous outcomes, StratifiedKFold on the "
+        "level for ordinal ones; the same folds for every method.",
+        "For each outcome the subjects are those with the outcome and with features in every method; a subject "
+        "missing from any feature table or with an empty or invalid outcome is dropped for that outcome only.",
+        f"Per fold, on the training part only: constant features dropped, standardised, and reduced by PCA to "
+        f"n_train // {ev.samples_per_dim} components when there are more features than that.",
+        "Continuous: OLS with a constant (statsmodels); R² = 1 − SS_res/SS_tot on the held-out fold, SS_tot around "
+        "the held-out fold's mean (can be negative).",
+        "Ordinal: ordered logit (statsmodels OrderedModel); predicted level = most probable; accuracy and 1-off "
+        "accuracy (prediction within one level). A level absent from a training part cannot be predicted there.",
+        "Cells: mean ± sample sd over folds; best mean per column in bold; † = the ordinal fit did not converge in "
+        "some fold (result kept).",
+    ]
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    return [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path]:
+    """Write report.md, report.html, results.csv, results.json and predictions.csv into ``out``.
+
+    ``plots``: PNG files already in ``out``, shown in the reports. Returns the written paths by name.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(ev.results)
+    title = f"COPD outcome read-out: {ev.cohort}"
+    banner = (f"Synthetic cohort ({ev.synthetic}): these numbers come from generated images and phenotypes, "
+              f"not from patients. They check the pipeline, not the method." if ev.synthetic else None)
+    lead = (f"Linear read-out of {len(ev.methods)} feature sets, {ev.folds}-fold cross-validation, "
+            f"mean ± sd over folds, best per column in bold.")
+    notes = _notes(ev)
+
+    md = [f"# {title}", ""]
+    if banner:
+        md += [f"> **{banner}**", ""]
+    md += [lead, "", _markdown(table(summary, ev.outcomes, list(ev.methods))), "", "## Subjects", "",
+           _markdown(_counts_table(ev)), "", "## Methods", ""]
+    md += [f"- `{m}`: {desc}" for m, desc in ev.methods.items()]
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    md += ["", "## How", ""] + [f"- {t}" for t in _method_text(ev)]
+    if plots:
+        md += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    paths = {"report.md": out / "report.md"}
+    atomic_write_text(paths["report.md"], "\n".join(md) + "\n")
+
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>"]
+    if banner:
+        body.append(f'<p class="synthetic"><b>{esc(banner)}</b></p>')
+    summary_html = table(summary, ev.outcomes, list(ev.methods), ("<b>", "</b>")).to_html(escape=False,
+                                                                                          index_names=False)
+    body += [f"<p>{esc(lead)}</p>", summary_html,
+             "<h2>Subjects</h2>", _counts_table(ev).to_html(index_names=False), "<h2>Methods</h2><ul>"]
+    body += [f"<li><code>{esc(m)}</code>: {esc(d)}</li>" for m, d in ev.methods.items()] + ["</ul>"]
+    if notes:
+        body += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
+    body += ["<h2>How</h2><ul>"] + [f"<li>{esc(t)}</li>" for t in _method_text(ev)] + ["</ul>"]
+    if plots:
+        body += ["<h2>Plots</h2>"] + [f'<p><img src="{esc(p.name)}" alt="{esc(p.stem)}"></p>' for p in plots]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
+             ".synthetic{background:#fff3cd;padding:.6em;border:1px solid #e0c060}img{max-width:100%}")
+    page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    paths["report.html"] = out / "report.html"
+    atomic_write_text(paths["report.html"], page)
+
+    paths["results.csv"] = out / "results.csv"
+    atomic_write_text(paths["results.csv"], ev.results.to_csv(index=False))
+    paths["predictions.csv"] = out / "predictions.csv"
+    atomic_write_text(paths["predictions.csv"], ev.predictions.to_csv(index=False))
+    document = {
+        "cohort": ev.cohort, "synthetic": ev.synthetic, "folds": ev.folds, "seed": ev.seed,
+        "samples_per_dim": ev.samples_per_dim,
+        "outcomes": [{"name": o.name, "kind": o.kind, "description": o.description, "levels": list(o.levels)}
+                     for o in ev.outcomes],
+        "methods": ev.methods, "counts": _records(ev.counts), "summary": _records(summary),
+        "folds_results": _records(ev.results), "notes": notes,
+    }
+    paths["results.json"] = out / "results.json"
+    atomic_write_text(paths["results.json"], json.dumps(document, indent=2) + "\n")
+    return paths
