@@ -49,7 +49,7 @@ class RegistrationConfig:
     iterations: int = 200
     shrink_factors: list[int] = field(default_factory=lambda: [4, 2, 1])
     smoothing_sigmas_mm: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.0])
-    max_scale_change: float = 0.5        # |log det| above log(1+x) counts as diverged
+    max_scale_change: float = 2.0        # |log det| above log(1+x) counts as diverged (lung volumes span ~3x)
 
     def validate(self) -> None:
         if self.transform not in {"affine", "rigid"}:
