@@ -183,6 +183,7 @@ def _vision_fields(args: argparse.Namespace, flags: dict[str, str]) -> list[str]
 
 
 def cmd_vision_pretrain(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from natural_images.config import config_path, load_vision_config
@@ -190,8 +191,8 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     from natural_images.train import pretrain
 
     if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        if not args.out or args.config:
+            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out, drop --config")
         name = str(Path(args.out) / "config.yaml")
         if not Path(name).is_file():
             raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
@@ -200,9 +201,10 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     config = load_vision_config(name, overrides=_vision_fields(args, _VISION_FLAGS))
     out = Path(args.out) if args.out else default_run_dir(config)
     summary = pretrain(config, out, resume=args.resume, device=args.device)
-    knn = ", ".join(f"{k} {v:.2f}%" for k, v in summary.get("knn_top1", {}).items())
-    print(f"run folder: {out} (epochs {summary.get('epochs_done')}/{summary.get('epochs')}, "
-          f"loss {summary.get('loss', float('nan')):.4f}{', kNN top-1 ' + knn if knn else ''})")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
+        knn = ", ".join(f"{k} {v:.2f}%" for k, v in summary.get("knn_top1", {}).items())
+        print(f"run folder: {out} (epochs {summary.get('epochs_done')}/{summary.get('epochs')}, "
+              f"loss {summary.get('loss', float('nan')):.4f}{', kNN top-1 ' + knn if knn else ''})")
     return 0
 
 
@@ -247,7 +249,26 @@ def cmd_vision_make_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_vision_study(args: argparse.Namespace) -> int:
-    return _not_built("vision study", 8)(args)
+    from natural_images.studies import aggregate, load_study_config, run_study
+
+    extra: dict = {}
+    if args.dataset:
+        extra["dataset"] = args.dataset
+    if args.seeds:
+        extra["seeds"] = args.seeds
+    if args.epochs:
+        extra.setdefault("run", {})["epochs"] = args.epochs
+    if args.data_root:
+        extra.setdefault("run", {})["data"] = {"root": args.data_root}
+        extra["digits"] = {"raw_root": args.data_root}
+    study = load_study_config(args.study, args.scale, args.config, args.overrides, extra)
+    out = args.out or f"outputs/studies/{study.study}-{study.dataset}-{study.scale}"
+    if args.report_only:
+        table = aggregate(study, out)
+    else:
+        table = run_study(study, out, shard=args.shard, device=args.device, workers=args.workers)
+    log.info("%s study: %d finished runs; results, plots and summary.md in %s", study.study, len(table), out)
+    return 0
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -356,7 +377,8 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    p.add_argument("--data-root", default=None, help="folder holding the datasets; unset: the config's (DATA_HOME/vision)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets; unset: the config's (DATA_HOME/vision)")
     p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process")
     p.add_argument("--out", default=None, help="run folder; unset: runs/vision/DATASET_METHOD_ARCH_epsE_seedS")
@@ -403,7 +425,8 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
                         "DATA_HOME/vision/stl-digits or .../digits-standin, where `--dataset NAME` looks")
     p.add_argument("--source", choices=["stl", "standin"], default="standin",
                    help="stl: STL10 + MNIST files under --data-root; standin: scikit-learn's digits and photos")
-    p.add_argument("--data-root", default=None, help="folder holding stl10_binary/ and MNIST/raw/ (--source stl); default: DATA_HOME/vision")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding stl10_binary/ and MNIST/raw/ (--source stl); default: DATA_HOME/vision")
     p.add_argument("--size", type=int, default=96, help="image side in px (composed at 96 px)")
     p.add_argument("--n-train", type=int, default=5000, help="stand-in training items")
     p.add_argument("--n-test", type=int, default=2000, help="stand-in test items")
@@ -414,6 +437,23 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
 
     p = vsub.add_parser("study", help="feature-suppression studies (difficulty, IFM, correlation)",
                         formatter_class=_fmt)
+    p.add_argument("study", choices=["difficulty", "ifm", "correlation"],
+                   help="difficulty: τ/β sweeps; ifm: IFM vs baseline; correlation: loss vs read-out error")
+    p.add_argument("--scale", choices=["small", "paper"], default="small",
+                   help="small: 32-px images, CPU minutes; paper: 128-px Trifeature, ResNet-18, 200 epochs")
+    p.add_argument("--config", default=None, help="study YAML; unset: configs/vision/studies/STUDY-SCALE.yaml")
+    p.add_argument("--dataset", choices=["trifeature", "digits-standin", "stl-digits"], default=None,
+                   help="unset: the config's (trifeature)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting; unset: the config's")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs per run; unset: the config's")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding (or receiving) the generated dataset and STL10/MNIST; unset: the config's")
+    p.add_argument("--out", default=None, help="study folder; unset: outputs/studies/STUDY-DATASET-SCALE")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="run only every N-th run from the K-th (one process per GPU)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    p.add_argument("--workers", type=_workers, default=2, help="processes generating the dataset if missing")
+    p.add_argument("--report-only", action="store_true", help="only re-aggregate the finished runs")
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_vision_study)

@@ -76,3 +76,20 @@ def test_key_encoder_starts_as_copy_and_lags_behind():
     q_w = model.encoder_q.encoder[0].weight
     k_w = model.encoder_k.encoder[0].weight
     assert not torch.allclose(q_w, k_w)
+
+
+def test_metrics_logger_drops_rows_after_the_resumed_checkpoint(tmp_path):
+    import csv
+
+    from copd_ifm.contrastive.training import MetricsLogger
+
+    first = MetricsLogger(tmp_path, enabled=True)
+    for step in range(1, 6):
+        first.log(step, loss=1.0 / step)
+    first.close()
+    resumed = MetricsLogger(tmp_path, enabled=True, resume_step=3)
+    resumed.log(4, loss=0.5)
+    resumed.close()
+    with (tmp_path / "metrics.csv").open() as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == [1, 2, 3, 4]

@@ -147,7 +147,7 @@ def pretrain(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path, res
 
     augment = PatchAugment(cfg.augment)
     loss_fn = ContrastiveLoss(cfg.moco.temperature, cfg.ifm.epsilon, cfg.ifm.alpha)
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch, sched.epochs):
         record: dict[str, float] = {"epoch": epoch + 1}
@@ -271,7 +271,8 @@ def _save_checkpoint(ckpt: Checkpointer, s: _State, epoch: int, cfg: PretrainCon
     ckpt.save({"epoch": epoch, "step": s.step, "model": s.model.state_dict(),
                "opt_patch": s.opt_patch.state_dict(), "opt_graph": s.opt_graph.state_dict(),
                "sched_patch": s.sched_patch.state_dict(), "sched_graph": s.sched_graph.state_dict(),
-               "scaler": s.scaler.state_dict(), "rng": rng_state(), "config": cfg_io.to_dict(cfg),
+               "scaler": s.scaler.state_dict(), "rng": D.all_gather_objects(rng_state()),
+               "config": cfg_io.to_dict(cfg),
                "saved_at": time.time()})
 
 
@@ -283,7 +284,9 @@ def _load_checkpoint(ckpt: Checkpointer, s: _State, device: torch.device) -> int
     s.sched_patch.load_state_dict(state["sched_patch"])
     s.sched_graph.load_state_dict(state["sched_graph"])
     s.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    if len(state["rng"]) != D.world_size():
+        raise UserError(f"{ckpt.path}: saved by {len(state['rng'])} process(es); resume with as many")
+    set_rng_state(state["rng"][D.rank()])
     s.step = state["step"]
     return int(state["epoch"])
 

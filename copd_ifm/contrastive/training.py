@@ -165,13 +165,26 @@ def prepare_run_dir(run_dir: str | Path, resume: bool) -> Path:
 class MetricsLogger:
     """Scalars to TensorBoard (``RUN/tb``) and to ``RUN/metrics.csv``; silent off rank 0."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool | None = None) -> None:
+    def __init__(self, run_dir: str | Path, enabled: bool | None = None, resume_step: int | None = None) -> None:
+        """``resume_step``: the step of the checkpoint a resumed run starts from; CSV rows logged
+        after it (by the killed run) are dropped so that no step appears twice."""
         self.enabled = D.is_main() if enabled is None else enabled
         self.csv_path = Path(run_dir) / "metrics.csv"
         self._writer = None
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+            if resume_step is not None and self.csv_path.exists():
+                self._truncate(resume_step)
+
+    def _truncate(self, step: int) -> None:
+        with self.csv_path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp{os.getpid()}")
+        with tmp.open("w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+        os.replace(tmp, self.csv_path)
 
     def log(self, step: int, **metrics: float) -> None:
         if not self.enabled:

@@ -1,0 +1,185 @@
+"""Typed configuration of a vision run (``configs/vision/*.yaml``).
+
+One YAML holds everything a run needs: data, augmentation, backbone, method
+(SimCLR or MoCo-v2), loss (temperature, IFM ε/α, hard-negative β/τ⁺),
+optimiser, kNN monitor and linear read-out. The resolved config is saved as
+``RUN/config.yaml`` and is what ``vision linear`` and ``--resume`` read back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from copd_ifm import config as cfg
+from copd_ifm.contrastive.training import OptimConfig
+from copd_ifm.errors import UserError
+
+VISION_CONFIG_DIR = cfg.CONFIG_DIR / "vision"
+METHODS = ("simclr", "moco")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    root: str = "{data_home}/vision"       # folder holding every dataset (torchvision's ``root``)
+    download: bool = False                 # fetch CIFAR/STL10/tinyImageNet if missing (needs internet)
+    workers: int = 4                       # DataLoader worker processes per rank
+    crop_size: Optional[int] = None        # training crop (px); None: the dataset's native resolution
+    eval_size: Optional[int] = None        # evaluation resolution (px); None: native
+    limit: int = 0                         # use at most this many images per split, evenly spaced (0: all)
+
+    def validate(self) -> None:
+        if self.workers < 0 or self.limit < 0:
+            raise ValueError(f"workers and limit must be >= 0, got {self.workers}, {self.limit}")
+        for name in ("crop_size", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise ValueError(f"{name} must be >= 8 px, got {value}")
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root.replace("{data_home}", str(cfg.data_home()))).expanduser()
+
+
+@dataclass
+class AugmentConfig:
+    """SimCLR / MoCo-v2 "aug-plus" view generation (probabilities in [0, 1])."""
+
+    crop_scale: Optional[tuple[float, float]] = None   # RandomResizedCrop area; None: SimCLR (0.08, 1), MoCo (0.2, 1)
+    flip_prob: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)   # brightness, contrast, saturation, hue
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5                 # Gaussian blur, kernel ≈ 10 % of the crop (odd), σ in blur_sigma
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def validate(self) -> None:
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"                 # any torchvision resnet: resnet18, resnet34, resnet50, ...
+    stem: str = "auto"                     # auto (CIFAR stem for crops <= 96 px), cifar, imagenet
+
+    def validate(self) -> None:
+        if not self.arch.startswith(("resnet", "wide_resnet", "resnext")):
+            raise ValueError(f"arch must be a torchvision ResNet (resnet18, resnet50, ...), got {self.arch!r}")
+        if self.stem not in {"auto", "cifar", "imagenet"}:
+            raise ValueError(f"stem must be auto, cifar or imagenet, got {self.stem!r}")
+
+
+@dataclass
+class LossConfig:
+    """InfoNCE / hard-negative objective with IFM (ε = 0 is the baseline)."""
+
+    temperature: float = 0.5
+    ifm_eps: float = 0.0
+    ifm_alpha: float = 1.0
+    hcl_beta: float = 0.0                  # hard-negative concentration β (0: uniform negatives)
+    tau_plus: float = 0.0                  # positive-class prior τ⁺ of the debiased estimator
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.ifm_eps < 0:
+            raise ValueError(f"ifm_eps must be >= 0, got {self.ifm_eps}")
+        if not 0 <= self.tau_plus < 1:
+            raise ValueError(f"tau_plus must be in [0, 1), got {self.tau_plus}")
+
+
+@dataclass
+class SimCLRConfig:
+    dim: int = 128                         # embedding width
+    hidden: int = 512                      # head: feat → hidden (BN, ReLU) → dim, as in the hard-negative code
+    sync_bn: bool = False                  # SyncBatchNorm across ranks under DDP (CUDA only)
+
+
+@dataclass
+class MoCoConfig:
+    dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.99
+    mlp: bool = True                       # MoCo-v2 MLP head (feat → feat → dim)
+    shuffle_bn: bool = True
+
+    def validate(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class KNNConfig:
+    every: int = 1                         # epochs between kNN evaluations (0: only after the last epoch)
+    k: int = 200
+    temperature: float = 0.1
+
+    def validate(self) -> None:
+        if self.every < 0 or self.k < 1 or self.temperature <= 0:
+            raise ValueError(f"need every >= 0, k >= 1, temperature > 0; got {self.every}, {self.k}, "
+                             f"{self.temperature}")
+
+
+@dataclass
+class LinearConfig:
+    """Linear classifier on frozen, precomputed features."""
+
+    epochs: int = 100
+    batch_size: int = 512
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
+    milestones: list[int] = field(default_factory=list)   # step decay ×0.1 at these epochs (replaces optim.schedule)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+
+@dataclass
+class VisionConfig:
+    method: str = "simclr"                 # simclr | moco
+    epochs: int = 400
+    batch_size: int = 256                  # global batch (split evenly over ranks)
+    seed: int = 0
+    amp: bool = True                       # float16 autocast + grad scaling (CUDA only)
+    channels_last: bool = True             # NHWC memory format (CUDA only)
+    log_every: int = 50                    # steps between step-level log rows
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.log_every < 1:
+            raise ValueError(f"need epochs >= 1, batch_size >= 2, log_every >= 1; got {self.epochs}, "
+                             f"{self.batch_size}, {self.log_every}")
+
+
+def config_path(name: str) -> Path:
+    """``name`` is a YAML path or a config name in ``configs/vision``."""
+    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+        return Path(name)
+    path = VISION_CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in VISION_CONFIG_DIR.glob("*.yaml"))
+        raise UserError(f"--config {name!r}: no {path} (available: {', '.join(known)}; or give a YAML path)")
+    return path
+
+
+def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
+                       overrides: list[str] | None = None) -> VisionConfig:
+    """Config ``name`` (see :func:`config_path`), then CLI fields ``extra`` (nested), then ``--set`` overrides."""
+    return cfg.load(VisionConfig, config_path(name), overrides, extra)

@@ -1,0 +1,151 @@
+"""Linear read-out on frozen features: the paper's protocol, made fast by encoding each image once.
+
+Train and test images go through the frozen encoder once (evaluation
+transform, no augmentation); a linear layer ``[F] → [C]`` is then trained on
+the cached features with the configured optimiser and schedule, and test
+top-1 is reported per epoch. Datasets with several label columns (Trifeature)
+get one classifier per column. Accuracies are reported in percent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from copd_ifm import config as cfg
+from copd_ifm.contrastive import distributed as D
+from copd_ifm.contrastive.training import build_optimizer, build_scheduler
+from natural_images.augment import eval_transform
+from natural_images.config import LinearConfig
+from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names
+from natural_images.features import extract_features
+from natural_images.plots import plot_linear
+from natural_images.run import load_encoder, load_run_config, update_summary
+
+
+@torch.no_grad()
+def top1(layer: nn.Module, x: Tensor, y: Tensor, batch: int = 8192) -> float:
+    """Share of rows of ``x`` ``[N, F]`` whose arg-max logit equals ``y`` ``[N]``."""
+    correct = sum(int((layer(x[s:s + batch]).argmax(1) == y[s:s + batch]).sum()) for s in range(0, len(x), batch))
+    return correct / max(len(x), 1)
+
+
+def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearConfig, seed: int = 0,
+               test_x: Tensor | None = None, test_y: Tensor | None = None,
+               desc: str = "linear") -> tuple[nn.Linear, list[dict[str, float]]]:
+    """Train ``Linear(F, num_classes)`` on features ``[N, F]`` and labels ``[N]`` (same device).
+
+    Initialisation N(0, 0.01²) weights and zero bias (MoCo's linear protocol);
+    mini-batches of ``lin.batch_size`` in a seeded random order; per-step
+    schedule from ``lin.optim`` or ×0.1 decays at ``lin.milestones`` epochs.
+    Returns the layer and one history row per epoch (train loss/top-1, test top-1).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.01)
+        layer.bias.zero_()
+    optimizer = build_optimizer(layer.parameters(), lin.optim)
+    n = train_x.shape[0]
+    steps = math.ceil(n / lin.batch_size)
+    if lin.milestones:
+        scheduler: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m * steps for m in lin.milestones], 0.1)
+    else:
+        scheduler = build_scheduler(optimizer, lin.optim, lin.epochs * steps, steps)
+    history = []
+    for epoch in tqdm(range(lin.epochs), desc=desc, leave=False, disable=not D.is_main()):
+        order = torch.randperm(n, generator=gen).to(train_x.device)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, lin.batch_size):
+            idx = order[start:start + lin.batch_size]
+            logits = layer(train_x[idx])
+            loss = F.cross_entropy(logits, train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == train_y[idx]).sum())
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_top1": 100 * correct / n}
+        if test_x is not None and test_y is not None:
+            row["test_top1"] = 100 * top1(layer, test_x, test_y)
+        history.append(row)
+    return layer, history
+
+
+def resolve_linear_config(run_dir: str | Path, overrides: list[str] | None = None) -> LinearConfig:
+    """The run's ``linear`` section with ``--set``-style ``key=value`` overrides (keys inside that section)."""
+    data = cfg.apply_overrides(cfg.to_dict(load_run_config(run_dir).linear), overrides)
+    return cfg.from_dict(LinearConfig, data, f"{Path(run_dir) / 'config.yaml'} (linear)")
+
+
+def linear_readout(run_dir: str | Path, dataset: str | None = None, linear: LinearConfig | None = None,
+                   device: str = "auto", data_root: str | None = None, download: bool = False,
+                   workers: int | None = None) -> dict[str, Any]:
+    """Linear read-out of run ``run_dir`` on ``dataset`` (default: the pretraining dataset).
+
+    Writes ``RUN/linear.json`` (per dataset: test top-1 per label column),
+    ``RUN/linear.csv`` (per epoch), ``RUN/linear.png`` and a ``linear`` entry in
+    ``RUN/summary.json``; returns this dataset's result.
+    """
+    info = D.init_from_env(device)
+    try:
+        return _readout(Path(run_dir), dataset, linear, info, data_root, download, workers)
+    finally:
+        D.cleanup()
+
+
+def _readout(run_dir: Path, dataset: str | None, linear: LinearConfig | None, info: D.DistInfo,
+             data_root: str | None, download: bool, workers: int | None) -> dict[str, Any]:
+    encoder, run_cfg = load_encoder(run_dir, info.device)
+    lin = linear or run_cfg.linear
+    data = dataclasses.replace(run_cfg.data, dataset=dataset or run_cfg.data.dataset, download=download,
+                               root=data_root or run_cfg.data.root,
+                               workers=run_cfg.data.workers if workers is None else workers)
+    spec = dataset_spec(data.dataset)
+    size = image_sizes(data)[1]
+    transform = eval_transform(size, spec.eval_resize, spec.mean, spec.std)
+    train_set = build_dataset(data, "train", transform)
+    test_set = build_dataset(data, "test", transform)
+    names = label_names(train_set)
+    cuda = info.device.type == "cuda"
+    extract = dict(batch_size=lin.batch_size, workers=data.workers, device=info.device, amp=run_cfg.amp and cuda,
+                   channels_last=run_cfg.channels_last and cuda)
+    train_x, train_y = extract_features(encoder, train_set, desc=f"{data.dataset} train features", **extract)
+    test_x, test_y = extract_features(encoder, test_set, desc=f"{data.dataset} test features", **extract)
+    result: dict[str, Any] = {"dataset": data.dataset, "image_size": size, "train_size": len(train_x),
+                              "test_size": len(test_x), "linear": cfg.to_dict(lin), "top1": {}}
+    rows = []
+    for col, name in enumerate(names):
+        tr, te = train_y[:, col] >= 0, test_y[:, col] >= 0
+        num_classes = int(max(train_y[tr, col].max(), test_y[te, col].max())) + 1
+        _, history = fit_linear(train_x[tr], train_y[tr, col], num_classes, lin, seed=run_cfg.seed,
+                                test_x=test_x[te], test_y=test_y[te, col], desc=f"linear {name}")
+        result["top1"][name] = history[-1]["test_top1"]
+        rows += [{"dataset": data.dataset, "label": name, **h} for h in history]
+    if D.is_main():
+        _write_outputs(run_dir, data.dataset, result, pd.DataFrame(rows))
+    return result
+
+
+def _write_outputs(run_dir: Path, dataset: str, result: dict[str, Any], history: pd.DataFrame) -> None:
+    json_path, csv_path = run_dir / "linear.json", run_dir / "linear.csv"
+    results = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    results[dataset] = result
+    cfg.atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    table = history
+    if csv_path.is_file():
+        previous = pd.read_csv(csv_path)
+        table = pd.concat([previous[previous["dataset"] != dataset], history], ignore_index=True)
+    cfg.atomic_write_text(csv_path, table.to_csv(index=False))
+    plot_linear(table, run_dir / "linear.png")
+    update_summary(run_dir, linear={name: r["top1"] for name, r in results.items()})
+

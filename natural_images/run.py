@@ -1,0 +1,60 @@
+"""The run folder of a vision pretraining run: what other stages read back.
+
+``RUN/config.yaml`` (resolved :class:`VisionConfig`), ``RUN/checkpoint.pt``
+(model, optimiser, scheduler, scaler, RNG states, per-epoch history),
+``RUN/summary.json`` (one JSON object: run facts, last/best kNN top-1, and a
+``linear`` entry per read-out dataset), ``RUN/metrics.csv`` + ``RUN/tb``
+(step-level scalars), ``RUN/epochs.csv`` (per epoch) + ``RUN/curves.png`` (at the end),
+``RUN/linear.json`` / ``linear.csv`` / ``linear.png`` (linear read-out).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from copd_ifm import config as cfg
+from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.errors import UserError
+from natural_images.config import VisionConfig
+from natural_images.datasets import image_sizes
+from natural_images.methods import build_model
+
+
+def load_run_config(run_dir: str | Path) -> VisionConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{path} not found: --run must be a folder written by 'copd-ifm vision pretrain'")
+    return cfg.load(VisionConfig, path)
+
+
+def load_encoder(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, VisionConfig]:
+    """The pretrained backbone ``[B, 3, H, W] → [B, F]`` of a run (eval mode) and the run's config."""
+    run_cfg = load_run_config(run_dir)
+    ckpt = Checkpointer(run_dir)
+    if not ckpt.exists():
+        raise UserError(f"{ckpt.path} not found: the run has not finished an epoch yet")
+    model = build_model(run_cfg, image_sizes(run_cfg.data)[0])
+    model.load_state_dict(ckpt.load("cpu")["model"])
+    return model.encoder.to(device).eval(), run_cfg
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``RUN/summary.json`` (atomically) and return the result."""
+    summary = {**read_summary(run_dir), **fields}
+    cfg.atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def default_run_dir(config: VisionConfig) -> Path:
+    """``runs/vision/<dataset>_<method>_<arch>_eps<ε>_seed<seed>`` under the working directory."""
+    return Path("runs") / "vision" / (f"{config.data.dataset}_{config.method}_{config.model.arch}"
+                                      f"_eps{config.loss.ifm_eps:g}_seed{config.seed}")

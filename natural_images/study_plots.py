@@ -1,0 +1,156 @@
+"""Plots and tables of the feature-suppression studies (matplotlib Agg, pandas).
+
+Every function takes the study's results table (one row per finished run, the
+columns of :data:`natural_images.studies.RESULT_COLUMNS` plus ``acc_<feature>``
+and ``err_<feature>`` in percent) and writes one PNG atomically.
+
+* :func:`plot_difficulty`: read-out accuracy vs τ (β = 0 runs) and vs β, one
+  line per feature, mean ± sd over seeds (the paper's Fig. 3).
+* :func:`plot_ifm`: one panel per feature, bars per τ for baseline and IFM,
+  error bars = sd over seeds (the paper's Fig. 6); :func:`ifm_table` gives the
+  mean ± sd table.
+* :func:`plot_correlation`: scatter of final InfoNCE loss vs read-out error per
+  feature with Pearson r, and the Pearson correlation matrix of loss and errors
+  (the paper's Fig. 2); :func:`correlation_table` gives r and p.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+FEATURE_COLORS = {"color": "tab:red", "shape": "tab:blue", "texture": "tab:green", "digit": "tab:purple",
+                  "object": "tab:orange"}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def mean_sd(table: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Mean, sample sd (0 for one seed) and seed count of ``columns`` per group of ``by``."""
+    grouped = table.groupby(list(by), sort=True)[list(columns)]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_sd"))
+    return out.join(grouped.size().rename("n")).reset_index()
+
+
+def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperature: float, path: Path) -> Path:
+    """Accuracy vs τ (β = 0, ε = 0 runs) and vs β (τ = ``beta_temperature``, ε = 0 runs), one line per feature."""
+    base = table[table["ifm_eps"] == 0]
+    acc = [f"acc_{f}" for f in features]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    panels = ((axes[0], base[base["hcl_beta"] == 0], "temperature", "temperature τ (β = 0)", True),
+              (axes[1], base[np.isclose(base["temperature"], beta_temperature)], "hcl_beta",
+               f"hard-negative concentration β (τ = {beta_temperature:g})", False))
+    for ax, rows, key, label, log_x in panels:
+        if rows.empty:
+            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        else:
+            stats_ = mean_sd(rows, [key], acc)
+            for f in features:
+                ax.errorbar(stats_[key], stats_[f"acc_{f}_mean"], yerr=stats_[f"acc_{f}_sd"], marker="o",
+                            capsize=3, label=f, color=FEATURE_COLORS.get(f))
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xticks(stats_[key], [f"{v:g}" for v in stats_[key]])
+            ax.minorticks_off()
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("linear read-out accuracy (%)")
+    axes[0].legend()
+    fig.suptitle("Instance-discrimination difficulty trades features off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ifm_table(table: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+    """Per τ and ε: mean, sd and count of each feature's accuracy over seeds."""
+    return mean_sd(table, ["temperature", "ifm_eps"], [f"acc_{f}" for f in features])
+
+
+def plot_ifm(table: pd.DataFrame, features: Sequence[str], path: Path) -> Path:
+    """One panel per feature: bars per τ, baseline (ε = 0) beside each IFM ε, error bars = sd over seeds."""
+    summary = ifm_table(table, features)
+    temps = sorted(summary["temperature"].unique())
+    eps = sorted(summary["ifm_eps"].unique())
+    width = 0.8 / max(len(eps), 1)
+    fig, axes = plt.subplots(1, len(features), figsize=(4 * len(features), 3.8), squeeze=False)
+    for ax, f in zip(axes[0], features):
+        for j, e in enumerate(eps):
+            rows = summary[summary["ifm_eps"] == e].set_index("temperature").reindex(temps)
+            bars = ax.bar(np.arange(len(temps)) + (j - (len(eps) - 1) / 2) * width, rows[f"acc_{f}_mean"], width,
+                          yerr=rows[f"acc_{f}_sd"], capsize=3, label="baseline" if e == 0 else f"IFM ε = {e:g}",
+                          color="0.6" if e == 0 else plt.cm.viridis(0.3 + 0.5 * j / max(len(eps) - 1, 1)))
+            ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
+        ax.set_xticks(np.arange(len(temps)), [f"τ = {t:g}" for t in temps])
+        ax.set_title(f)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, 108)
+    axes[0, 0].set_ylabel("linear read-out accuracy (%)")
+    axes[0, -1].legend(fontsize=8)
+    fig.suptitle("IFM vs baseline (mean ± sd over seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def correlation_table(table: pd.DataFrame, features: Sequence[str], loss: str = "final_loss") -> pd.DataFrame:
+    """Pearson r and two-sided p of ``loss`` vs each feature's error, and of every pair of feature errors."""
+    rows = []
+    cols = [loss] + [f"err_{f}" for f in features]
+    for i, a in enumerate(cols):
+        for b in cols[i + 1:]:
+            ok = table[[a, b]].dropna()
+            if len(ok) >= 3 and ok[a].std() > 0 and ok[b].std() > 0:
+                r, p = stats.pearsonr(ok[a], ok[b])
+            else:
+                r, p = float("nan"), float("nan")
+            rows.append({"x": a, "y": b, "pearson_r": float(r), "p_value": float(p), "n": len(ok)})
+    return pd.DataFrame(rows)
+
+
+def plot_correlation(table: pd.DataFrame, features: Sequence[str], path: Path, loss: str = "final_loss") -> Path:
+    """Scatter of ``loss`` vs each feature's error (coloured by τ) and the Pearson matrix of loss and errors."""
+    corr = correlation_table(table, features, loss)
+    fig, axes = plt.subplots(1, len(features) + 1, figsize=(3.8 * (len(features) + 1), 3.6))
+    temps = np.log10(table["temperature"].to_numpy(float))
+    for ax, f in zip(axes, features):
+        sc = ax.scatter(table[loss], table[f"err_{f}"], c=temps, cmap="viridis", s=28,
+                        vmin=temps.min(), vmax=max(temps.max(), temps.min() + 1e-9))
+        r = corr[(corr["x"] == loss) & (corr["y"] == f"err_{f}")]["pearson_r"].iloc[0]
+        ax.set_title(f"{f}: Pearson r = {r:.2f}")
+        ax.set_xlabel("final InfoNCE loss")
+        ax.set_ylabel(f"{f} read-out error (%)")
+        ax.grid(alpha=0.3)
+    fig.colorbar(sc, ax=axes[len(features) - 1], label="log10 τ")
+    cols = [loss] + [f"err_{f}" for f in features]
+    names = ["loss"] + [f"err {f}" for f in features]
+    matrix = np.eye(len(cols))
+    for _, row in corr.iterrows():
+        i, j = cols.index(row["x"]), cols.index(row["y"])
+        matrix[i, j] = matrix[j, i] = row["pearson_r"]
+    ax = axes[-1]
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(cols)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(cols)), names)
+    for i in range(len(cols)):
+        for j in range(len(cols)):
+            ax.text(j, i, "–" if np.isnan(matrix[i, j]) else f"{matrix[i, j]:.2f}", ha="center", va="center",
+                    fontsize=8)
+    ax.set_title("Pearson correlation")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"Final InfoNCE loss vs read-out error ({len(table)} encoders)")
+    fig.tight_layout()
+    return _save(fig, path)
