@@ -315,18 +315,29 @@ def run_study(study: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 
               workers: int = 1) -> pd.DataFrame:
     """Run this shard's unfinished runs, then aggregate every finished run of the study; returns the table."""
     out = Path(out)
-    _check_or_save_study(study, out)
-    ensure_dataset(study, workers)
     plans = plan_runs(study)
     for plan in plans:
         run_config(study, plan)  # every run's config is valid before hours of compute start
+    _check_or_save_study(study, out)
+    ensure_dataset(study, workers)
     mine = plans[shard[0]::shard[1]]
+    failed = []
     for plan in tqdm(mine, desc=f"{study.study} study", unit="run"):
         if (out / "runs" / plan.run_id / "result.json").is_file():
             continue
         log.info("run %s", plan.run_id)
-        execute_run(study, plan, out, device)
-    return aggregate(study, out)
+        try:
+            execute_run(study, plan, out, device)
+        except UserError:
+            raise
+        except Exception:  # one crashed run must not stop a long sweep; it is retried on the next invocation
+            log.exception("run %s failed", plan.run_id)
+            failed.append(plan.run_id)
+    table = aggregate(study, out)
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed ({', '.join(failed)}); see the log above, then rerun the "
+                        "same command to retry them (finished runs are kept)")
+    return table
 
 
 def collect_results(study: StudyConfig, out: Path) -> pd.DataFrame:

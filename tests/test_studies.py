@@ -1,0 +1,192 @@
+"""Feature-suppression studies: planning, oracle read-out, aggregation/plots, and a tiny study end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from copd_ifm import config as cfg
+from copd_ifm.cli import main
+from copd_ifm.errors import UserError
+from natural_images import studies as st
+from natural_images.config import LinearConfig
+from natural_images.linear import fit_linear
+from natural_images.trifeature import Trifeature, TrifeatureSpec
+
+
+def test_study_configs_plan_the_papers_grids():
+    difficulty = st.load_study_config("difficulty", "small")
+    ids = [p.run_id for p in st.plan_runs(difficulty)]
+    assert len(ids) == len(set(ids)) == 9                               # 5 τ + 5 β, (τ 0.5, β 0) shared
+    ifm = st.load_study_config("ifm", "paper")
+    plans = st.plan_runs(ifm)
+    assert len(plans) == 18
+    configs = [st.run_config(ifm, p) for p in plans]
+    assert {(c.loss.temperature, c.loss.ifm_eps, c.seed) for c in configs} == {
+        (t, e, s) for t in (0.05, 0.2, 0.5) for e in (0.0, 0.1) for s in range(3)}
+    assert all(c.model.arch == "resnet18" and c.epochs == 200 and c.data.crop_size == 128 for c in configs)
+    small = st.run_config(st.load_study_config("ifm", "small"), plans[0])
+    assert small.data.crop_size == small.data.eval_size == 32 and small.data.dataset == "trifeature"
+
+
+def test_oracle_features_give_perfect_linear_readout():
+    """One-hot codes of the three labels as 'features': the read-out must reach 100 % on every feature."""
+    spec = TrifeatureSpec(size=32, per_combination=3, test_per_combination=1)
+    train, test = Trifeature(spec, "train").targets, Trifeature(spec, "test").targets
+
+    def onehot(y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.one_hot(y[:, j], 10) for j in range(3)], 1).float()
+
+    lin = LinearConfig(epochs=5, batch_size=250)
+    lin.optim.lr = 0.1
+    for j, feature in enumerate(("color", "shape", "texture")):
+        _, history = fit_linear(onehot(train), train[:, j], 10, lin, test_x=onehot(test), test_y=test[:, j],
+                                desc=feature)
+        assert history[-1]["test_top1"] == 100.0, feature
+
+
+def _write_results(out, study, rows):
+    for plan, row in zip(st.plan_runs(study), rows):
+        path = out / "runs" / plan.run_id / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"run_id": plan.run_id, **row}))
+
+
+def test_correlation_aggregate_matches_numpy_pearson(tmp_path):
+    study = st.load_study_config("correlation", "small")
+    rng = np.random.default_rng(0)
+    loss = rng.uniform(4, 6, 10)
+    err_color = 10 * loss + rng.normal(0, 1, 10)                        # rises with the loss
+    err_shape = -5 * loss + rng.normal(0, 3, 10)                        # falls with it
+    err_texture = rng.uniform(40, 60, 10)
+    plans = st.plan_runs(study)
+    rows = [{"seed": 0, "temperature": dict(p.values)["loss.temperature"], "hcl_beta": dict(p.values)["loss.hcl_beta"],
+             "ifm_eps": 0.0, "final_loss": loss[i], "acc_color": 100 - err_color[i], "err_color": err_color[i],
+             "acc_shape": 100 - err_shape[i], "err_shape": err_shape[i], "acc_texture": 100 - err_texture[i],
+             "err_texture": err_texture[i]} for i, p in enumerate(plans)]
+    _write_results(tmp_path, study, rows)
+    table = st.aggregate(study, tmp_path)
+    assert len(table) == 10 and (tmp_path / "correlation.png").stat().st_size > 10_000
+    corr = pd.read_csv(tmp_path / "correlation.csv")
+    for name, err in (("color", err_color), ("shape", err_shape), ("texture", err_texture)):
+        r = corr[(corr["x"] == "final_loss") & (corr["y"] == f"err_{name}")]["pearson_r"].iloc[0]
+        assert r == pytest.approx(np.corrcoef(loss, err)[0, 1], abs=1e-3)
+    r_cs = corr[(corr["x"] == "err_color") & (corr["y"] == "err_shape")]["pearson_r"].iloc[0]
+    assert r_cs == pytest.approx(np.corrcoef(err_color, err_shape)[0, 1], abs=1e-3)
+    assert "10 of 10 runs finished" in (tmp_path / "summary.md").read_text()
+
+
+def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
+    study = st.load_study_config("difficulty", "small")
+    study.seeds = 2
+    rows = []
+    for p in st.plan_runs(study):
+        v = dict(p.values)
+        tau, beta = v["loss.temperature"], v["loss.hcl_beta"]
+        rows.append({"seed": v["seed"], "temperature": tau, "hcl_beta": beta, "ifm_eps": 0.0, "final_loss": 5.0,
+                     "acc_color": 50 + 40 * tau + v["seed"], "acc_shape": 80 - 10 * tau - 5 * beta,
+                     "acc_texture": 30 + 5 * beta})
+    _write_results(tmp_path, study, rows)
+    st.aggregate(study, tmp_path)
+    assert (tmp_path / "difficulty.png").stat().st_size > 10_000
+    text = (tmp_path / "summary.md").read_text()
+    assert "| 1 | 90.5 ± 0.7 |" in text                                # colour at τ = 1: seeds 0 and 1 → 90, 91
+    assert "Best temperature per feature: color 1, shape 0.05" in text
+    assert "Best hcl_beta per feature: color 0, shape 0, texture 4." in text
+
+
+@pytest.fixture
+def one_thread():
+    """The 2-core machine is shared: one intra-op thread avoids oversubscription in the tiny study."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text())
+    study.update(dataset="digits-standin", seeds=1, loss_batches=2,
+                 sweeps=[{"loss.temperature": [0.5], "loss.ifm_eps": [0.0, 0.1]}])
+    study["digits"].update(size=16, n_train=48, n_test=24)
+    study["run"].update(epochs=1, batch_size=16, log_every=1)
+    study["run"]["data"].update(workers=0)
+    study["run"]["simclr"] = {"dim": 32, "hidden": 64}
+    study["run"]["knn"]["k"] = 10
+    study["run"]["linear"]["epochs"] = 5
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "study"
+    argv = ["vision", "study", "ifm", "--config", str(path), "--out", str(out)]
+
+    assert main(argv + ["--shard", "0/2"]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 1
+    assert "1 of 2 runs finished" in (out / "summary.md").read_text()
+    assert main(argv + ["--shard", "1/2"]) == 0
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["ifm_eps"]) == [0.0, 0.1] and list(table["run_id"]) == ["eps0_tau0.5_seed0",
+                                                                              "eps0.1_tau0.5_seed0"]
+    for col in ("acc_digit", "acc_object"):
+        assert table[col].between(0, 100).all()
+    np.testing.assert_allclose(table["err_digit"], 100 - table["acc_digit"])
+    # plain InfoNCE of 2·16 views: between 0 and the most a cosine logit gap of 2/τ allows
+    assert table["final_loss"].between(0, math.log(31) + 2 / 0.5).all()
+    for name in ("ifm.png", "ifm_table.csv", "summary.md", "study.yaml"):
+        assert (out / name).stat().st_size > 0
+    linear = json.loads((out / "runs" / "eps0_tau0.5_seed0" / "linear.json").read_text())
+    assert set(linear["digits-standin"]["top1"]) == {"digit", "object"}
+
+    result = out / "runs" / "eps0.1_tau0.5_seed0" / "result.json"
+    mtime = result.stat().st_mtime_ns
+    assert main(argv) == 0                                             # everything finished: nothing reruns
+    assert result.stat().st_mtime_ns == mtime
+
+    study["run"]["data"]["workers"] = 1                                # where/how data loads may change
+    path.write_text(yaml.safe_dump(study))
+    assert main(argv + ["--report-only"]) == 0 and main(argv) == 0
+    study["run"]["epochs"] = 2
+    path.write_text(yaml.safe_dump(study))
+    assert main(argv) == 2                                             # other settings, same folder: refused
+    with pytest.raises(UserError, match="run.epochs=1, not 2"):
+        st.run_study(cfg.load(st.StudyConfig, path), out)
+
+
+def test_a_dataset_folder_built_otherwise_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path))
+    study = st.load_study_config("ifm", "small", extra={"dataset": "digits-standin",
+                                                        "digits": {"size": 16, "n_train": 10, "n_test": 10}})
+    folder = st.ensure_dataset(study)
+    assert (folder / "dataset.json").is_file() and folder.parent == tmp_path / "vision" / "small"
+    assert st.ensure_dataset(study) == folder
+    study.digits.n_train = 20
+    with pytest.raises(UserError, match="n_train"):
+        st.ensure_dataset(study)
+
+
+def test_a_crashed_run_is_logged_the_others_finish_and_the_command_fails(tmp_path, monkeypatch):
+    study = st.load_study_config("ifm", "small", extra={"seeds": 1})
+    calls = []
+
+    def fake_run(study_, plan, out, device):
+        calls.append(plan.run_id)
+        if len(calls) == 1:
+            raise RuntimeError("loss is NaN")
+        row = {"run_id": plan.run_id, "seed": 0, "temperature": dict(plan.values)["loss.temperature"],
+               "ifm_eps": dict(plan.values)["loss.ifm_eps"], "final_loss": 5.0, "acc_color": 90.0}
+        path = out / "runs" / plan.run_id / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(row))
+        return row
+
+    monkeypatch.setattr(st, "ensure_dataset", lambda study_, workers=1: tmp_path)
+    monkeypatch.setattr(st, "execute_run", fake_run)
+    with pytest.raises(UserError, match=r"1 run\(s\) failed \(eps0_tau0.05_seed0\)"):
+        st.run_study(study, tmp_path / "out")
+    assert len(calls) == 6
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 5
