@@ -1,0 +1,24 @@
+"""Classical CT densitometry of the lungs: the baseline COPD imaging papers report against."""
+from __future__ import annotations
+
+import numpy as np
+
+from copd_ifm.ct.errors import SubjectError
+
+LAA_THRESHOLD_HU = -950.0
+PERCENTILE = 15.0
+
+
+def densitometry(ct: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> dict[str, float]:
+    """%LAA-950, Perc15 and lung volume of a CT (HU, any shape) within a same-shape lung ``mask``.
+
+    ``laa950_pct``: percent of lung voxels <= -950 HU; ``perc15_hu``: 15th
+    percentile of lung HU (linear interpolation); ``lung_volume_l``: voxel
+    count × ``voxel_mm3`` in litres.
+    """
+    lung = np.asarray(ct)[np.asarray(mask, dtype=bool)]
+    if lung.size == 0:
+        raise SubjectError("empty lung mask: no densitometry")
+    return {"laa950_pct": float(100.0 * np.count_nonzero(lung <= LAA_THRESHOLD_HU) / lung.size),
+            "perc15_hu": float(np.percentile(lung, PERCENTILE)),
+            "lung_volume_l": float(lung.size * voxel_mm3 / 1e6)}

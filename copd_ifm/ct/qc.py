@@ -1,0 +1,51 @@
+"""Registration previews: ``qc/<sid>.png`` shows whether the landmarks landed in the lungs.
+
+Three mid-slices through the lungs' centre of mass (axial, coronal,
+sagittal) of the resampled CT (window [-1024, 240] HU), the lung mask outline
+and the centres of the patches whose cube crosses the slice.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def save_qc_png(path: Path, ct: np.ndarray, mask: np.ndarray, corners: np.ndarray, patch_size: int,
+                title: str) -> None:
+    """Write the preview of one subject atomically.
+
+    ``ct`` and ``mask`` are ``[z, y, x]`` arrays on the subject's isotropic
+    grid (HU, bool); ``corners`` are the mapped patch corners ([L, 3]
+    continuous x, y, z voxel indices).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centre = np.argwhere(mask).mean(0).round().astype(int) if mask.any() else np.array(mask.shape) // 2
+    centres = np.asarray(corners)[:, ::-1] + patch_size / 2                 # patch centres, (z, y, x)
+    views = [("axial", 0, (2, 1)), ("coronal", 1, (2, 0)), ("sagittal", 2, (1, 0))]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (name, axis, (col, row)) in zip(axes, views):
+        index = int(np.clip(centre[axis], 0, ct.shape[axis] - 1))
+        image = np.take(ct, index, axis=axis)
+        outline = np.take(mask, index, axis=axis)
+        # row index up: on the atlas-oriented grid that puts anterior (axial) and the head (coronal,
+        # sagittal) at the top, and the patient's left on the image's right
+        ax.imshow(image, cmap="gray", vmin=-1024, vmax=240, origin="lower", interpolation="nearest")
+        if outline.any():
+            ax.contour(outline.astype(float), levels=[0.5], colors="tab:cyan", linewidths=0.8, origin="lower")
+        near = np.abs(centres[:, axis] - index) <= patch_size / 2
+        ax.scatter(centres[near, col], centres[near, row], s=8, c="tab:red", marker="+", linewidths=0.8)
+        ax.set_title(f"{name} slice {index}: {int(near.sum())} patches")
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,256 @@
+"""The patch store: the on-disk contract between preprocessing and training.
+
+Layout of a store folder::
+
+    config.yaml          resolved CohortConfig that built it
+    landmarks.csv        landmark, i, j, k (atlas corner, voxels at the cohort spacing),
+                         x_mm, y_mm, z_mm (corner position), nx, ny, nz (normalised coords)
+    landmarks.npy        [L, 3] int64 atlas corners (i, j, k)
+    graph.pt             torch_geometric Data (torch.save): x [L, 3], pos [L, 3], edge_index [2, E]
+    index.csv            one row per processed subject (INDEX_COLUMNS), merged from records/
+    failures.csv         sid, reason (one line) of every failed subject
+    patches/<sid>.npy    [L, P, P, P] int16 HU clipped to [-1024, 240], axes (z, y, x)
+    centers/<sid>.npy    [L, 3] float32 mapped corners, continuous (x, y, z) subject voxel indices
+                         on the isotropic grid; patch l starts at their rounding
+    records/<sid>.json   one subject's index row (each written by exactly one process)
+    qc/<sid>.png         previews for a sample of subjects
+
+Every file is written to a temporary name and renamed. Shard processes
+never write the same per-subject file; the shared files (config, landmarks,
+graph, ``index.csv``, ``failures.csv``) are written under a file lock
+(``.lock``), and ``index.csv`` is rebuilt from ``records/`` at the end of each
+run, so the last run to finish sees every record.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from copd_ifm.config import atomic_write_text
+from copd_ifm.errors import UserError
+
+CONFIG = "config.yaml"
+LANDMARKS_CSV = "landmarks.csv"
+LANDMARKS_NPY = "landmarks.npy"
+GRAPH = "graph.pt"
+INDEX = "index.csv"
+FAILURES = "failures.csv"
+PATCHES, CENTERS, RECORDS, QC = "patches", "centers", "records", "qc"
+
+#: Per-subject timing columns (seconds), in pipeline order.
+STAGES = ("read", "mask", "register", "patches", "densitometry", "write", "qc")
+INDEX_COLUMNS = (["sid", "status", "n_patches", "sha1", "laa950_pct", "perc15_hu", "lung_volume_l",
+                  "mask_source", "dice", "scale", "n_partial", "seconds", "cpu_s"]
+                 + [f"{s}_s" for s in STAGES] + ["image", "error"])
+TEXT_COLUMNS = ("sid", "status", "sha1", "mask_source", "image", "error")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_npy(path: Path, array: np.ndarray) -> str:
+    """Save ``array`` as ``.npy`` atomically; returns the SHA-1 of the file's bytes."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha1(data).hexdigest()
+
+
+def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes (read in 8 MiB blocks)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 23), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Write a table atomically."""
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def record_path(store: Path, sid: str) -> Path:
+    return Path(store) / RECORDS / f"{sid}.json"
+
+
+def write_record(store: Path, record: dict[str, Any]) -> None:
+    """Write one subject's index row (``records/<sid>.json``) atomically."""
+    atomic_write_text(record_path(store, record["sid"]), json.dumps(record, indent=1))
+
+
+def read_record(store: Path, sid: str) -> dict[str, Any] | None:
+    """One subject's record, or None if absent or unreadable."""
+    try:
+        return json.loads(record_path(store, sid).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(store: Path, sid: str) -> dict[str, Any] | None:
+    """The record of ``sid`` if it is ``ok`` and its patch file and centres exist and the checksum matches."""
+    record = read_record(store, sid)
+    if not record or record.get("status") != "ok":
+        return None
+    patch = Path(store) / PATCHES / f"{sid}.npy"
+    if not (patch.is_file() and (Path(store) / CENTERS / f"{sid}.npy").is_file()):
+        return None
+    return record if file_sha1(patch) == record.get("sha1") else None
+
+
+@contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """Exclusive lock on the store's shared files (``.lock``), across processes and threads."""
+    Path(store).mkdir(parents=True, exist_ok=True)
+    with open(Path(store) / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merge_records(store: Path, sids: list[str]) -> pd.DataFrame:
+    """Rebuild ``index.csv`` and ``failures.csv`` from the records of ``sids`` (in that order).
+
+    Subjects without a record yet (e.g. still running in another shard) are
+    left out. Runs under :func:`locked`, so concurrent shard processes merge
+    one after another and the last one sees every record.
+    """
+    store = Path(store)
+    with locked(store):
+        rows = [r for r in (read_record(store, sid) for sid in sids) if r is not None]
+        index = pd.DataFrame(rows).reindex(columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
+        index["error"] = index["error"].fillna("")
+        write_csv(store / INDEX, index)
+        failed = index[index["status"] != "ok"]
+        write_csv(store / FAILURES, pd.DataFrame({"sid": failed["sid"], "reason": failed["error"]}))
+    return index
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """``index.csv`` with text columns as str (empty when missing; a sid like "0012" or "NA" stays
+    as written) and the other columns numeric (NaN when missing)."""
+    index = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in index.columns:
+        if column not in TEXT_COLUMNS:
+            index[column] = pd.to_numeric(index[column].replace("", np.nan))
+    return index
+
+
+def to_network(x: Any) -> Any:
+    """Stored HU → network input ``(HU + 1024) / 632 - 1`` ∈ [-1, 1], float32 (numpy array or torch tensor)."""
+    if hasattr(x, "float") and hasattr(x, "dim"):                    # torch.Tensor, without importing torch
+        return (x.float() + 1024.0) / 632.0 - 1.0
+    return ((np.asarray(x, dtype=np.float32) + 1024.0) / 632.0 - 1.0).astype(np.float32)
+
+
+class PatchStore:
+    """Read a patch store folder (layout in the module docstring).
+
+    Patches are memory-mapped, so memory does not grow with the cohort.
+    Raises UserError if the folder holds no store or no successfully
+    preprocessed subject.
+    """
+
+    to_network = staticmethod(to_network)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        missing = [n for n in (CONFIG, LANDMARKS_NPY, LANDMARKS_CSV, GRAPH, INDEX) if not (self.path / n).is_file()]
+        if missing:
+            raise UserError(f"no patch store at {self.path} ({missing[0]} missing); "
+                            "run `copd-ifm preprocess --cohort ...` first")
+        self.index = read_index(self.path / INDEX)
+        ok = self.index[self.index["status"] == "ok"]
+        if ok.empty:
+            raise UserError(f"patch store {self.path} has no successfully preprocessed subject "
+                            f"({len(self.index)} failed, see {self.path / FAILURES}); "
+                            "fix them and run `copd-ifm preprocess --cohort ...` again")
+        self.sids: list[str] = sorted(ok["sid"])
+        self._ok = set(self.sids)
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved cohort config the store was built with (plain mapping)."""
+        return yaml.safe_load((self.path / CONFIG).read_text())
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.config["patch_size"])
+
+    @cached_property
+    def landmarks(self) -> np.ndarray:
+        """[L, 3] int64 atlas corner indices (i, j, k)."""
+        return np.load(self.path / LANDMARKS_NPY)
+
+    @property
+    def n_landmarks(self) -> int:
+        return len(self.landmarks)
+
+    @cached_property
+    def landmark_table(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / LANDMARKS_CSV)
+
+    @cached_property
+    def landmark_coords(self) -> np.ndarray:
+        """[L, 3] float32 normalised atlas coordinates (corner / column max)."""
+        return self.landmark_table[["nx", "ny", "nz"]].to_numpy(np.float32)
+
+    @cached_property
+    def graph(self):
+        """The landmark graph (``torch_geometric.data.Data``)."""
+        import torch
+
+        return torch.load(self.path / GRAPH, weights_only=False)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """``sid, reason`` of the failed subjects."""
+        failed = self.index[self.index["status"] != "ok"]
+        return pd.DataFrame({"sid": failed["sid"], "reason": failed["error"]}).reset_index(drop=True)
+
+    def densitometry(self) -> pd.DataFrame:
+        """``sid, laa950_pct, perc15_hu, lung_volume_l`` of the ok subjects, sorted by sid."""
+        ok = self.index[self.index["status"] == "ok"]
+        return ok[["sid", "laa950_pct", "perc15_hu", "lung_volume_l"]].sort_values("sid").reset_index(drop=True)
+
+    def _file(self, folder: str, sid: str) -> Path:
+        if sid not in self._ok:
+            raise KeyError(f"{sid!r} is not a successfully preprocessed subject of {self.path}")
+        return self.path / folder / f"{sid}.npy"
+
+    def patches(self, sid: str) -> np.ndarray:
+        """Memory-mapped [L, P, P, P] int16 HU patches of ``sid`` (axes z, y, x)."""
+        return np.load(self._file(PATCHES, sid), mmap_mode="r")
+
+    def centers(self, sid: str) -> np.ndarray:
+        """[L, 3] float32 mapped corners of ``sid`` (continuous x, y, z voxel indices)."""
+        return np.load(self._file(CENTERS, sid))
+
+    def __len__(self) -> int:
+        return len(self.sids)
+
+    def __repr__(self) -> str:
+        return f"PatchStore({str(self.path)!r}: {len(self.sids)} subjects, {self.n_landmarks} landmarks, P={self.patch_size})"

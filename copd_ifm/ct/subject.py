@@ -1,0 +1,170 @@
+"""One subject through the pipeline: CT → lung mask → atlas registration → patches, densitometry, preview.
+
+:func:`process_subject` never raises for a bad subject: every failure
+becomes a ``failed`` record with a one-line reason. Its files go to the
+store in this order: patches, centres, preview, and last the record, so a
+crash mid-way leaves no ``ok`` record for partial files.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from copd_ifm.cohort.config import RegistrationConfig
+from copd_ifm.ct import store as st
+from copd_ifm.ct.densitometry import densitometry
+from copd_ifm.ct.errors import SubjectError
+from copd_ifm.ct.io import check_hounsfield, isotropic_grid, mask_on_image_grid, read_image, resample
+from copd_ifm.ct.lung_mask import binarize, check_lung_volume, lungmask_segmentation, threshold_segmentation
+from copd_ifm.ct.patches import corner_voxels, extract_patches, subject_corners, to_stored_hu
+from copd_ifm.ct.registration import atlas_coarse, coarse_fraction, map_points, register_masks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubjectTask:
+    """One manifest row: ``image`` (file or DICOM folder; None if the row has none), optional ``lung_mask``."""
+
+    sid: str
+    image: Path | None
+    lung_mask: Path | None = None
+    qc: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every subject of a cohort shares (picklable, sent once to each worker)."""
+
+    store: Path
+    spacing_mm: float
+    patch_size: int
+    lung_seg: str                      # auto | threshold | lungmask
+    min_lung_volume_l: float
+    registration: RegistrationConfig
+    direction: tuple[float, ...]       # atlas direction cosines: the axes of every subject grid
+    landmarks_mm: np.ndarray           # [L, 3] atlas corner positions (mm)
+
+
+@contextmanager
+def _stage(record: dict[str, Any], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        record[f"{name}_s"] = round(time.perf_counter() - start, 4)
+
+
+def _one_line(exc: object) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def _lung_mask(task: SubjectTask, settings: Settings, image: sitk.Image, ct: sitk.Image,
+               grid) -> tuple[sitk.Image, str]:
+    source = settings.lung_seg
+    if source == "auto":
+        source = "manifest" if task.lung_mask is not None else "threshold"
+    if source == "manifest":
+        labels = mask_on_image_grid(image, read_image(task.lung_mask))
+        return resample(binarize(labels), grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), source
+    if source == "threshold":
+        return threshold_segmentation(ct), source
+    return lungmask_segmentation(ct), source
+
+
+def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
+    """Preprocess one subject into ``settings.store``; returns (and writes) its index record."""
+    record: dict[str, Any] = {"sid": task.sid, "status": "failed", "n_patches": 0, "sha1": "",
+                              "image": str(task.image or ""), "error": ""}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    store = Path(settings.store)
+    try:
+        with _stage(record, "read"):
+            if task.image is None:
+                raise SubjectError("manifest row has no image path")
+            image = read_image(task.image)
+            check_hounsfield(image, task.image.name)
+            grid = isotropic_grid(image, settings.spacing_mm, settings.direction)
+            ct = resample(image, grid)
+        with _stage(record, "mask"):
+            mask, record["mask_source"] = _lung_mask(task, settings, image, ct, grid)
+            del image
+            check_lung_volume(mask, settings.min_lung_volume_l)
+        with _stage(record, "register"):
+            reg = settings.registration
+            result = register_masks(atlas_coarse(settings.spacing_mm, reg.downsample_mm),
+                                    coarse_fraction(mask, reg.downsample_mm), reg)
+        with _stage(record, "patches"):
+            corners = subject_corners(ct, map_points(result.transform, settings.landmarks_mm))
+            ct_array = sitk.GetArrayViewFromImage(ct)                 # a view: `ct` stays referenced
+            raw, partial = extract_patches(ct_array, corner_voxels(corners), settings.patch_size)
+            patches = to_stored_hu(raw)
+        with _stage(record, "densitometry"):
+            mask_array = sitk.GetArrayViewFromImage(mask) > 0
+            record.update(densitometry(ct_array, mask_array, float(np.prod(ct.GetSpacing()))))
+        with _stage(record, "write"):
+            record["sha1"] = st.save_npy(store / st.PATCHES / f"{task.sid}.npy", patches)
+            st.save_npy(store / st.CENTERS / f"{task.sid}.npy", corners)
+        with _stage(record, "qc"):
+            if task.qc:
+                from copd_ifm.ct.qc import save_qc_png
+
+                title = (f"{task.sid}: Dice {result.dice:.2f}, scale {result.scale:.2f}, "
+                         f"lungs {record['lung_volume_l']:.2f} L")
+                save_qc_png(store / st.QC / f"{task.sid}.png", ct_array, mask_array, corners,
+                            settings.patch_size, title)
+        record.update(status="ok", n_patches=len(patches), dice=round(result.dice, 4),
+                      scale=round(result.scale, 4), n_partial=partial)
+    except SubjectError as exc:
+        record["error"] = _one_line(exc)
+    except Exception as exc:  # a bad subject must never stop the run; the reason says it is a bug
+        log.debug("subject %s crashed", task.sid, exc_info=True)
+        record["error"] = _one_line(f"internal error: {type(exc).__name__}: {exc}")
+    record["seconds"] = round(time.perf_counter() - start, 4)
+    record["cpu_s"] = round(time.process_time() - cpu_start, 4)   # all threads of this process
+    st.write_record(store, record)
+    return record
+
+
+def crash_record(task: SubjectTask, settings: Settings) -> dict[str, Any]:
+    """Record (and write) the failure of a subject whose worker process died."""
+    record = {"sid": task.sid, "status": "failed", "n_patches": 0, "sha1": "", "image": str(task.image or ""),
+              "error": "worker process died on this subject (a crash in a native library, e.g. on a damaged file)"}
+    st.write_record(settings.store, record)
+    return record
+
+
+def run_subject(task: SubjectTask, settings: Settings) -> tuple[dict[str, Any], bool]:
+    """``(record, skipped)``: the existing record when the subject is already done (checksum verified),
+    else a fresh :func:`process_subject`."""
+    done = st.is_done(settings.store, task.sid)
+    if done is not None:
+        return done, True
+    return process_subject(task, settings), False
+
+
+# Worker-process side of the pool in copd_ifm.ct.preprocess: kept here so that a spawned worker
+# imports only what one subject needs (not torch).
+_SETTINGS: Settings | None = None
+
+
+def init_worker(settings: Settings, threads: int) -> None:
+    """Pool initializer: remember the cohort's settings and give ITK ``threads`` threads."""
+    global _SETTINGS
+    _SETTINGS = settings
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def work(task: SubjectTask) -> tuple[dict[str, Any], bool]:
+    """Pool task: :func:`run_subject` with the settings given to :func:`init_worker`."""
+    if _SETTINGS is None:
+        raise RuntimeError("init_worker was not called in this process")
+    return run_subject(task, _SETTINGS)

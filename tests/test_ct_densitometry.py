@@ -1,0 +1,32 @@
+"""%LAA-950, Perc15 and lung volume against hand computation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from copd_ifm.ct.densitometry import densitometry
+from copd_ifm.ct.errors import SubjectError
+
+
+def test_densitometry_hand_computed():
+    ct = np.full((4, 5, 10), 40.0)                                   # body
+    mask = np.zeros(ct.shape, bool)
+    mask[1:3, :, :] = True                                           # 100 lung voxels
+    lung = np.concatenate([np.full(20, -1000.0), np.full(5, -950.0), np.linspace(-949, -700, 75)])
+    ct[mask] = lung
+    result = densitometry(ct, mask, voxel_mm3=8.0)
+    assert result["laa950_pct"] == pytest.approx(25.0)               # -950 itself counts (<=)
+    # 15th percentile of 100 sorted values, linear interpolation: position 0.15 * 99 = 14.85 → both -1000
+    assert result["perc15_hu"] == pytest.approx(-1000.0)
+    assert result["lung_volume_l"] == pytest.approx(100 * 8.0 / 1e6)
+    values = np.sort(lung)
+    shifted = densitometry(ct + 0.0, mask & (ct > -1000), voxel_mm3=1.0)   # drop the 20 air voxels: 80 left
+    position = 0.15 * 79
+    expected = values[20 + int(position)] + (position % 1) * (values[21 + int(position)] - values[20 + int(position)])
+    assert shifted["perc15_hu"] == pytest.approx(expected)
+    assert shifted["laa950_pct"] == pytest.approx(100 * 5 / 80)
+
+
+def test_empty_mask_is_a_subject_error():
+    with pytest.raises(SubjectError, match="empty lung mask"):
+        densitometry(np.zeros((3, 3, 3)), np.zeros((3, 3, 3), bool), 1.0)

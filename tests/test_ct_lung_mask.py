@@ -1,0 +1,59 @@
+"""Threshold lung segmentation on hand-made CTs, lung volume, the optional lungmask backend."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from copd_ifm.ct.errors import SubjectError
+from copd_ifm.ct.handmade import handmade_ct
+from copd_ifm.ct.lung_mask import (check_lung_volume, lung_volume_l, lungmask_segmentation,
+                                   threshold_segmentation)
+from copd_ifm.errors import UserError
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_threshold_segmentation_finds_lungs_without_airways():
+    ct, truth = handmade_ct(4.0, seed=1)
+    plain, _ = handmade_ct(4.0, airways=False, seed=1)               # same noise, no trachea or bronchi
+    seg = sitk.GetArrayFromImage(threshold_segmentation(sitk.Cast(ct, sitk.sitkFloat32))) > 0
+    lungs = sitk.GetArrayFromImage(truth) > 0
+    tubes = sitk.GetArrayFromImage(ct) != sitk.GetArrayFromImage(plain)
+    assert _dice(seg, lungs) > 0.97
+    # the bronchi's tips deep in the lungs may be filled in as holes; the trachea and main bronchi may not
+    assert np.count_nonzero(seg & tubes) < 0.05 * np.count_nonzero(tubes)
+    above_lungs = np.argwhere(lungs)[:, 0].max() + 1
+    assert np.count_nonzero(tubes[above_lungs:]) > 0 and np.count_nonzero(seg[above_lungs:]) == 0
+
+
+def test_threshold_segmentation_keeps_airways_when_there_is_no_trachea_and_lungs_cut_by_the_scan():
+    ct, truth = handmade_ct(4.0, airways=False, seed=2)
+    lungs = sitk.GetArrayFromImage(truth) > 0
+    top = int(np.argwhere(lungs)[:, 0].max()) - 10                   # scan range ends inside the lungs
+    cut_ct = ct[:, :, :top]
+    seg = sitk.GetArrayFromImage(threshold_segmentation(sitk.Cast(cut_ct, sitk.sitkFloat32))) > 0
+    assert _dice(seg, lungs[:top]) > 0.97
+
+
+def test_lung_volume_closed_form():
+    mask = sitk.Image(10, 10, 10, sitk.sitkUInt8)
+    mask.SetSpacing((2.0, 2.0, 2.5))
+    arr = np.zeros((10, 10, 10), np.uint8)
+    arr[2:7, 1:9, 3:5] = 100                                           # labels count as lung
+    image = sitk.GetImageFromArray(arr)
+    image.CopyInformation(mask)
+    assert lung_volume_l(image) == pytest.approx(5 * 8 * 2 * 10.0 / 1e6)
+    assert check_lung_volume(image, 0.0005) == pytest.approx(0.0008)
+    with pytest.raises(SubjectError, match="implausible lung mask: volume 0.0008 L < 0.5 L"):
+        check_lung_volume(image, 0.5)
+
+
+def test_lungmask_backend_missing_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lungmask", None)                # import fails as if not installed
+    with pytest.raises(UserError, match="pip install lungmask"):
+        lungmask_segmentation(sitk.Image(4, 4, 4, sitk.sitkInt16))
