@@ -72,7 +72,8 @@ def bench_1mm(tmp: Path) -> None:
             ("manifest1mm.csv", "threshold", "1 mm, threshold mask    "),
             ("manifest-native.csv", "threshold", "native → 1 mm, threshold"),]
     for name, lung_seg, label in runs:
-        cohort = resolve_cohort("copdgene", [f"manifest={tmp / name}", f"store={tmp / ('store-' + label[:6] + lung_seg)}"])
+        store_dir = tmp / f"store-{name[:-4]}-{lung_seg}"
+        cohort = resolve_cohort("copdgene", [f"manifest={tmp / name}", f"store={store_dir}"])
         start = time.perf_counter()
         store = preprocess_cohort(cohort, workers=1, lung_seg=lung_seg)
         wall = time.perf_counter() - start

@@ -39,7 +39,8 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = image.GetDirection()
-    orientation = "\\".join(map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])))
+    orientation = "\\".join(map(str, (direction[0], direction[3], direction[6],
+                                       direction[1], direction[4], direction[7])))
     for k in range(image.GetDepth()):
         piece = image[:, :, k]
         tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1",

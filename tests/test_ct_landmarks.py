@@ -5,7 +5,6 @@ import itertools
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from copd_ifm.cohort.atlas import atlas_lung_array, load_atlas_mask
 from copd_ifm.ct.landmarks import atlas_landmarks, landmark_table, step_voxels
@@ -57,6 +56,6 @@ def test_landmark_table_positions_and_normalised_coords():
     atlas = load_atlas_mask(4.0)
     assert list(table.columns) == ["landmark", "i", "j", "k", "x_mm", "y_mm", "z_mm", "nx", "ny", "nz"]
     row = table.iloc[7]
-    assert (row.x_mm, row.y_mm, row.z_mm) == pytest.approx(atlas.TransformIndexToPhysicalPoint((int(row.i), int(row.j), int(row.k))))
+    corner = (int(row.i), int(row.j), int(row.k))
+    assert (row.x_mm, row.y_mm, row.z_mm) == pytest.approx(atlas.TransformIndexToPhysicalPoint(corner))
     np.testing.assert_allclose(table[["nx", "ny", "nz"]].to_numpy(), corners / corners.max(0), rtol=1e-6)
-    assert isinstance(atlas, sitk.Image)

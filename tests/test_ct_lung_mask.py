@@ -31,7 +31,7 @@ def test_threshold_segmentation_finds_lungs_without_airways():
     assert np.count_nonzero(tubes[above_lungs:]) > 0 and np.count_nonzero(seg[above_lungs:]) == 0
 
 
-def test_threshold_segmentation_keeps_airways_when_there_is_no_trachea_and_lungs_cut_by_the_scan():
+def test_threshold_segmentation_without_trachea_and_with_lungs_cut_by_the_scan_range():
     ct, truth = handmade_ct(4.0, airways=False, seed=2)
     lungs = sitk.GetArrayFromImage(truth) > 0
     top = int(np.argwhere(lungs)[:, 0].max()) - 10                   # scan range ends inside the lungs

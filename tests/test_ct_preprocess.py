@@ -1,12 +1,12 @@
 """``copd-ifm preprocess`` end to end on hand-made CTs: store layout, planted failures, patches, resume, shards."""
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pandas as pd
 import pytest
 import SimpleITK as sitk
@@ -18,10 +18,8 @@ from copd_ifm.cohort.config import CohortConfig, RegistrationConfig
 from copd_ifm.ct.densitometry import densitometry
 from copd_ifm.ct.handmade import handmade_ct
 from copd_ifm.ct.landmarks import atlas_landmarks
-from copd_ifm.ct import preprocess as preprocess_module
 from copd_ifm.ct.preprocess import preprocess_cohort
 from copd_ifm.ct.store import INDEX_COLUMNS, PatchStore, file_sha1, record_path, to_network
-from copd_ifm.ct.subject import work
 from copd_ifm.errors import UserError
 from test_ct_io import write_dicom_series
 
@@ -110,7 +108,9 @@ def test_store_layout_and_reader(store):
     assert (ok["n_patches"] == 747).all() and (ok["dice"] > 0.9).all()
     for sid in OK:
         assert ok.loc[sid, "sha1"] == file_sha1(store.path / "patches" / f"{sid}.npy")
-    assert (store.path / "qc" / "plain.png").is_file() and (store.path / "qc" / "masked.png").is_file()
+    for sid in ("plain", "masked"):
+        with PIL.Image.open(store.path / "qc" / f"{sid}.png") as preview:
+            assert preview.size[0] > 500
     assert not (store.path / "qc" / "dicom.png").exists()           # only the first qc_samples rows
 
 
@@ -129,7 +129,8 @@ def test_patches_read_back_equal_ct_at_the_mapped_corners(store, cohort_dir):
     pad = 4 * PATCH
     padded = np.pad(ct, pad, constant_values=-1024)
     for l, (i, j, k) in enumerate(np.floor(centers + 0.5).astype(int)):
-        expected = np.clip(padded[k + pad:k + pad + PATCH, j + pad:j + pad + PATCH, i + pad:i + pad + PATCH], -1024, 240)
+        cube = padded[k + pad:k + pad + PATCH, j + pad:j + pad + PATCH, i + pad:i + pad + PATCH]
+        expected = np.clip(cube, -1024, 240)
         np.testing.assert_array_equal(patches[l], expected)
 
 
@@ -212,23 +213,6 @@ def test_concurrent_shards_fill_one_store(cohort_dir, tmp_path):
     final = PatchStore(tmp_path / "store")
     assert final.sids == ["masked", "plain", "turned"] and list(final.failures["sid"]) == ["missing"]
     assert list(final.index["sid"]) == list(rows["sid"])              # manifest order
-
-
-def crashing_work(task):
-    """Pool task of the crash test (imported by the spawned workers): the process dies on sid "crash"."""
-    if task.sid == "crash":
-        os._exit(3)
-    return work(task)
-
-
-def test_a_worker_crash_fails_only_its_subject(cohort_dir, tmp_path, monkeypatch):
-    manifest = tmp_path / "manifest.csv"
-    image = str(cohort_dir / "images" / "plain.nii.gz")
-    pd.DataFrame({"sid": ["plain", "crash", "copy"], "image": [image] * 3}).to_csv(manifest, index=False)
-    monkeypatch.setattr(preprocess_module, "work", crashing_work)
-    result = preprocess_cohort(_cohort(manifest, tmp_path / "store"), workers=2)
-    assert result.sids == ["copy", "plain"]
-    assert list(result.failures["sid"]) == ["crash"] and "worker process died" in result.failures["reason"][0]
 
 
 def test_store_with_other_settings_is_refused(store, cohort_dir):

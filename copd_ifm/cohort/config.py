@@ -45,7 +45,7 @@ class RegistrationConfig:
     transform: str = "affine"            # "affine" (the anchor) or "rigid"
     bspline: bool = False                # optional B-spline refinement after the affine
     bspline_mesh_mm: float = 60.0        # control-point spacing of the refinement
-    downsample_mm: float = 4.0           # masks are registered at this spacing
+    downsample_mm: float = 6.0           # masks are registered at this spacing (4 mm: same accuracy, 2x slower)
     iterations: int = 200
     shrink_factors: list[int] = field(default_factory=lambda: [4, 2, 1])
     smoothing_sigmas_mm: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.0])

@@ -44,7 +44,6 @@ STORE_FIELDS = ("spacing_mm", "patch_size", "landmark_step_mm", "landmark_min_lu
                 "min_lung_volume_l", "registration")
 SID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 QC_SAMPLES = 8
-CRASH_RETRIES = 2                   # pool rounds for subjects caught in a worker crash, before one alone
 LUNG_SEG = ("auto", "threshold", "lungmask")
 
 
@@ -106,7 +105,8 @@ def prepare_store(cohort: CohortConfig, out: Path) -> Settings:
             cfg.save_resolved(cohort, out / st.CONFIG)               # last: marks the store files complete
     return Settings(store=out, spacing_mm=cohort.spacing_mm, patch_size=cohort.patch_size,
                     lung_seg=cohort.lung_seg, min_lung_volume_l=cohort.min_lung_volume_l,
-                    registration=cohort.registration, direction=tuple(load_atlas_mask(cohort.spacing_mm).GetDirection()),
+                    registration=cohort.registration,
+                    direction=tuple(load_atlas_mask(cohort.spacing_mm).GetDirection()),
                     landmarks_mm=table[["x_mm", "y_mm", "z_mm"]].to_numpy())
 
 
@@ -121,32 +121,32 @@ def _run(tasks: list[SubjectTask], settings: Settings, workers: int) -> Iterator
     """Results as they complete; ``workers`` processes, or this process when 1.
 
     A worker that dies (a crash inside a native library on a damaged file)
-    takes the pool down with every subject in flight: those are retried in a
-    fresh pool, and a subject that still crashes is tried once more alone;
-    a crash there is its failure, and the run goes on.
+    breaks the pool and every subject still queued in it. The subjects that
+    were running then (their ``records/<sid>.running`` marker is left) are
+    tried again alone, where a crash is their own failure; the others go to a
+    fresh pool. The run goes on either way.
     """
     if workers == 1:
         yield from (run_subject(t, settings) for t in tasks)
         return
-    pending, rounds = tasks, 0
+    pending = tasks
     while pending:
-        crashed = []
-        if rounds < CRASH_RETRIES:
-            with _pool(workers, settings) as pool:
-                futures = {pool.submit(work, t): t for t in pending}
-                for future in as_completed(futures):
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        crashed.append(futures[future])
-        else:
-            for task in pending:
-                with _pool(1, settings) as pool:
-                    try:
-                        yield pool.submit(work, task).result()
-                    except BrokenProcessPool:
-                        yield crash_record(task, settings), False
-        pending, rounds = crashed, rounds + 1
+        broken = []
+        with _pool(workers, settings) as pool:
+            futures = {pool.submit(work, t): t for t in pending}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    broken.append(futures[future])
+        suspects = [t for t in broken if st.running_path(settings.store, t.sid).exists()] or broken
+        for task in suspects:
+            with _pool(1, settings) as pool:
+                try:
+                    yield pool.submit(work, task).result()
+                except BrokenProcessPool:
+                    yield crash_record(task, settings), False
+        pending = [t for t in broken if t not in suspects]
 
 
 def _progress(records: Iterable[tuple[dict[str, Any], bool]], total: int, name: str) -> Counter:

@@ -1,7 +1,8 @@
 """Registration previews: ``qc/<sid>.png`` shows whether the landmarks landed in the lungs.
 
-Three mid-slices through the lungs' centre of mass (axial, coronal,
-sagittal) of the resampled CT (window [-1024, 240] HU), the lung mask outline
+Three slices through the lungs' centre of mass (axial, coronal; the
+sagittal one through the centre of the lung on the low-x side) of the
+resampled CT (window [-1024, 240] HU), the lung mask outline
 and the centres of the patches whose cube crosses the slice.
 """
 from __future__ import annotations
@@ -20,15 +21,17 @@ def save_qc_png(path: Path, ct: np.ndarray, mask: np.ndarray, corners: np.ndarra
     grid (HU, bool); ``corners`` are the mapped patch corners ([L, 3]
     continuous x, y, z voxel indices).
     """
-    import matplotlib
+    from matplotlib.figure import Figure      # no pyplot: renders with Agg, leaves the caller's backend alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centre = np.argwhere(mask).mean(0).round().astype(int) if mask.any() else np.array(mask.shape) // 2
+    points = np.argwhere(mask)
+    centre = points.mean(0).round().astype(int) if len(points) else np.array(mask.shape) // 2
+    low_x = points[points[:, 2] < centre[2]]
+    if len(low_x):                                                    # sagittal through a lung, not the mediastinum
+        centre[2] = int(round(low_x[:, 2].mean()))
     centres = np.asarray(corners)[:, ::-1] + patch_size / 2                 # patch centres, (z, y, x)
     views = [("axial", 0, (2, 1)), ("coronal", 1, (2, 0)), ("sagittal", 2, (1, 0))]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 4.4))
+    axes = fig.subplots(1, 3)
     for ax, (name, axis, (col, row)) in zip(axes, views):
         index = int(np.clip(centre[axis], 0, ct.shape[axis] - 1))
         image = np.take(ct, index, axis=axis)
@@ -47,5 +50,4 @@ def save_qc_png(path: Path, ct: np.ndarray, mask: np.ndarray, corners: np.ndarra
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     os.replace(tmp, path)

@@ -152,17 +152,19 @@ def register_masks(fixed: sitk.Image, moving: sitk.Image, reg: RegistrationConfi
     Raises SubjectError when the result diverged (see module docstring).
     """
     method = _method(reg)
+    # steps in mm (scales from physical shift): start at 1 mm, stop below 0.05 mm
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=0.05,
                                                     numberOfIterations=reg.iterations,
-                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)   # steps in mm
+                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(initial_transform(fixed, moving, reg.transform), inPlace=False)
     try:
         transform = _unwrap(method.Execute(fixed, moving))
         if reg.bspline:
-            mesh = [max(1, int(round(n * s / reg.bspline_mesh_mm))) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
+            mesh = [max(1, int(round(n * s / reg.bspline_mesh_mm)))
+                    for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
             bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-            refine = _method(RegistrationConfig(shrink_factors=[1], smoothing_sigmas_mm=[0.0]))  # finest level only
+            refine = _method(RegistrationConfig(shrink_factors=[1], smoothing_sigmas_mm=[0.0]))  # finest only
             refine.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=reg.iterations)
             refine.SetMetricSamplingStrategy(refine.RANDOM)
             refine.SetMetricSamplingPercentage(BSPLINE_SAMPLING, 0)       # fixed seed: same result every run

@@ -12,7 +12,8 @@ Layout of a store folder::
     patches/<sid>.npy    [L, P, P, P] int16 HU clipped to [-1024, 240], axes (z, y, x)
     centers/<sid>.npy    [L, 3] float32 mapped corners, continuous (x, y, z) subject voxel indices
                          on the isotropic grid; patch l starts at their rounding
-    records/<sid>.json   one subject's index row (each written by exactly one process)
+    records/<sid>.json   one subject's index row (each written by exactly one process);
+                         records/<sid>.running marks a subject in a pool worker
     qc/<sid>.png         previews for a sample of subjects
 
 Every file is written to a temporary name and renamed. Shard processes
@@ -93,6 +94,11 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def record_path(store: Path, sid: str) -> Path:
     return Path(store) / RECORDS / f"{sid}.json"
+
+
+def running_path(store: Path, sid: str) -> Path:
+    """Marker of a subject being processed by a pool worker (left behind if the worker dies)."""
+    return Path(store) / RECORDS / f"{sid}.running"
 
 
 def write_record(store: Path, record: dict[str, Any]) -> None:
@@ -253,4 +259,5 @@ class PatchStore:
         return len(self.sids)
 
     def __repr__(self) -> str:
-        return f"PatchStore({str(self.path)!r}: {len(self.sids)} subjects, {self.n_landmarks} landmarks, P={self.patch_size})"
+        return (f"PatchStore({str(self.path)!r}: {len(self.sids)} subjects, {self.n_landmarks} landmarks, "
+                f"P={self.patch_size})")

@@ -21,7 +21,7 @@ from copd_ifm.cohort.config import RegistrationConfig
 from copd_ifm.ct import store as st
 from copd_ifm.ct.densitometry import densitometry
 from copd_ifm.ct.errors import SubjectError
-from copd_ifm.ct.io import check_hounsfield, isotropic_grid, mask_on_image_grid, read_image, resample
+from copd_ifm.ct.io import Grid, check_hounsfield, isotropic_grid, mask_on_image_grid, read_image, resample
 from copd_ifm.ct.lung_mask import binarize, check_lung_volume, lungmask_segmentation, threshold_segmentation
 from copd_ifm.ct.patches import corner_voxels, extract_patches, subject_corners, to_stored_hu
 from copd_ifm.ct.registration import atlas_coarse, coarse_fraction, map_points, register_masks
@@ -68,7 +68,7 @@ def _one_line(exc: object) -> str:
 
 
 def _lung_mask(task: SubjectTask, settings: Settings, image: sitk.Image, ct: sitk.Image,
-               grid) -> tuple[sitk.Image, str]:
+               grid: Grid) -> tuple[sitk.Image, str]:
     source = settings.lung_seg
     if source == "auto":
         source = "manifest" if task.lung_mask is not None else "threshold"
@@ -139,6 +139,7 @@ def crash_record(task: SubjectTask, settings: Settings) -> dict[str, Any]:
     record = {"sid": task.sid, "status": "failed", "n_patches": 0, "sha1": "", "image": str(task.image or ""),
               "error": "worker process died on this subject (a crash in a native library, e.g. on a damaged file)"}
     st.write_record(settings.store, record)
+    st.running_path(settings.store, task.sid).unlink(missing_ok=True)
     return record
 
 
@@ -164,7 +165,16 @@ def init_worker(settings: Settings, threads: int) -> None:
 
 
 def work(task: SubjectTask) -> tuple[dict[str, Any], bool]:
-    """Pool task: :func:`run_subject` with the settings given to :func:`init_worker`."""
+    """Pool task: :func:`run_subject` with the settings given to :func:`init_worker`.
+
+    ``records/<sid>.running`` exists while it runs and stays behind if the
+    process dies, which tells the pool's owner whom to suspect.
+    """
     if _SETTINGS is None:
         raise RuntimeError("init_worker was not called in this process")
-    return run_subject(task, _SETTINGS)
+    marker = st.running_path(_SETTINGS.store, task.sid)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    result = run_subject(task, _SETTINGS)
+    marker.unlink(missing_ok=True)
+    return result
