@@ -30,7 +30,7 @@ def run_once(cohort, device: str, graph_views: str, landmarks: int, out: Path) -
         f"schedule.graph_views={graph_views}", f"device={device}"])
     start = time.perf_counter()
     pretrain(cohort, cfg, out)
-    record = json.loads((out / "summary.json").read_text())["history"][-1]
+    record = json.loads((out / "summary.json").read_text(encoding="utf-8"))["history"][-1]
     record["wall_s"] = time.perf_counter() - start
     return record
 

@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from copd_ifm.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick)
-    print((report / "report.md").read_text())
+    print((report / "report.md").read_text(encoding="utf-8"))
     print(f"report: {report / 'report.md'} (also report.html, results.csv, plots)")
     return 0
 

@@ -98,7 +98,7 @@ class TinyImageNetVal(Dataset):
         self.transform = transform
         self.samples: list[tuple[Path, int]] = []
         ann = folder / "val_annotations.txt"
-        for line_no, line in enumerate(ann.read_text().splitlines(), 1):
+        for line_no, line in enumerate(ann.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -138,7 +138,7 @@ def _tinyimagenet(root: Path, split: str, transform: Transform | None, download:
 
 def imagenet100_classes() -> list[str]:
     """The 100 ImageNet wnids of the CMC subset (``data/imagenet100.txt``), in file order."""
-    return [w.strip() for w in IMAGENET100_LIST.read_text().splitlines() if w.strip()]
+    return [w.strip() for w in IMAGENET100_LIST.read_text(encoding="utf-8").splitlines() if w.strip()]
 
 
 class ImageFolderSubset(tvd.ImageFolder):

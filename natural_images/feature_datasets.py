@@ -133,7 +133,7 @@ def read_folder_meta(root: Path) -> dict[str, Any]:
     if not path.is_file() or not (root / "labels.csv").is_file():
         raise UserError(f"{root}: not a generated dataset (no dataset.json/labels.csv); "
                         "create it with `copd-ifm vision make-trifeature` or `make-digits`")
-    meta = json.loads(path.read_text())
+    meta = json.loads(path.read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT_VERSION:
         raise UserError(f"{path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}; regenerate the dataset")
     return meta

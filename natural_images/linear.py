@@ -138,7 +138,7 @@ def _readout(run_dir: Path, dataset: str | None, linear: LinearConfig | None, in
 
 def _write_outputs(run_dir: Path, dataset: str, result: dict[str, Any], history: pd.DataFrame) -> None:
     json_path, csv_path = run_dir / "linear.json", run_dir / "linear.csv"
-    results = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    results = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {}
     results[dataset] = result
     cfg.atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     table = history

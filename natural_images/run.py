@@ -44,7 +44,7 @@ def load_encoder(run_dir: str | Path, device: torch.device | str = "cpu") -> tup
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:

@@ -215,7 +215,7 @@ def ensure_dataset(study: StudyConfig, workers: int = 1) -> Path:
         keys = ("source", "size", "seed") + (("n_train", "n_test") if spec.source == "standin" else ())
     wanted = {k: getattr(spec, k) for k in keys}
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{study.dataset}.lock", "w") as lock:
+    with open(root / f".{study.dataset}.lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "dataset.json").is_file():
             built = read_folder_meta(folder)["construction"]
@@ -260,7 +260,7 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     run_dir = out / "runs" / plan.run_id
     result_path = run_dir / "result.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        return json.loads(result_path.read_text(encoding="utf-8"))
     config = run_config(study, plan)
     started = time.time()
     summary = pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device)
@@ -281,16 +281,6 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     return row
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_or_save_study(study: StudyConfig, out: Path) -> None:
     """Write ``OUT/study.yaml``; refuse to mix runs of different settings in one folder.
 
@@ -299,8 +289,8 @@ def _check_or_save_study(study: StudyConfig, out: Path) -> None:
     """
     path = out / "study.yaml"
     if path.is_file():
-        saved = _flat(yaml.safe_load(path.read_text()) or {})
-        now = _flat(cfg.to_dict(study))
+        saved = cfg.flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        now = cfg.flatten(cfg.to_dict(study))
         changed = sorted(k for k in saved.keys() | now.keys()
                          if not k.startswith(("seeds", "sweeps", "scale")) and k not in RUNTIME_FIELDS
                          and saved.get(k) != now.get(k))
@@ -342,7 +332,7 @@ def run_study(study: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 
 
 def collect_results(study: StudyConfig, out: Path) -> pd.DataFrame:
     """Rows of every planned run with a ``result.json``, in plan order; :data:`RESULT_COLUMNS` first."""
-    rows = [json.loads(p.read_text()) for plan in plan_runs(study)
+    rows = [json.loads(p.read_text(encoding="utf-8")) for plan in plan_runs(study)
             if (p := out / "runs" / plan.run_id / "result.json").is_file()]
     table = pd.DataFrame(rows)
     first = [c for c in RESULT_COLUMNS if c in table.columns]

@@ -210,7 +210,7 @@ def _save_or_check_config(config: VisionConfig, run_dir: Path, resume: bool) -> 
     """Write ``RUN/config.yaml``; on resume, refuse a config that differs beyond :data:`RUNTIME_FIELDS`."""
     path = run_dir / "config.yaml"
     if resume and path.is_file():
-        saved, now = _flatten(cfg.to_dict(cfg.load(VisionConfig, path))), _flatten(cfg.to_dict(config))
+        saved, now = cfg.flatten(cfg.to_dict(cfg.load(VisionConfig, path))), cfg.flatten(cfg.to_dict(config))
         changed = sorted(k for k in saved.keys() | now.keys()
                          if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
         if changed:
@@ -218,16 +218,6 @@ def _save_or_check_config(config: VisionConfig, run_dir: Path, resume: bool) -> 
                             f"{now.get(changed[0])!r} now); resume with the saved config or start a new --out")
     if D.is_main():
         cfg.save_resolved(config, path)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _write_epoch_outputs(run_dir: Path, config: VisionConfig, history: list[dict[str, Any]], world: int,

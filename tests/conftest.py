@@ -22,7 +22,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortConfig:
             "outcomes": {"FEV1pp": "FEV1pp_utah", "FEV1FVC": "FEV1_FVC_utah", "GOLD": "finalGold",
                          "CLE": "Emph_Severity", "Paraseptal": "Emph_Paraseptal", "mMRC": "MMRCDyspneaScor"}}
     path = Path(root / "tiny.yaml")
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     cohort = resolve_cohort(str(path))
     preprocess_cohort(cohort, workers=1)
     return cohort

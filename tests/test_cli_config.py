@@ -76,7 +76,7 @@ class _Outer:
 
 def test_yaml_overrides_and_validation(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("name: run\ninner:\n  lr: 0.5\n")
+    path.write_text("name: run\ninner:\n  lr: 0.5\n", encoding="utf-8")
     obj = cfg.load(_Outer, path, overrides=["inner.steps=7", "tags=[a, b]"])
     assert obj.name == "run" and obj.inner.lr == 0.5 and obj.inner.steps == 7 and obj.tags == ["a", "b"]
     with pytest.raises(UserError, match=r"inner\.lr.*number"):
@@ -84,7 +84,7 @@ def test_yaml_overrides_and_validation(tmp_path):
     with pytest.raises(UserError, match=r"unknown field 'nope'"):
         cfg.load(_Outer, path, overrides=["inner.nope=1"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: [unclosed\n")
+    bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(UserError, match="invalid YAML"):
         cfg.load(_Outer, bad)
 
@@ -105,7 +105,7 @@ def test_resolve_cohort_by_name_yaml_and_csv(tmp_path, monkeypatch):
     assert gene.spacing_mm == 1.25 and gene.outcomes["CLE"] == "Emph_Severity"
     manifest = tmp_path / "mycohort" / "manifest.csv"
     manifest.parent.mkdir()
-    manifest.write_text("sid,image\n")
+    manifest.write_text("sid,image\n", encoding="utf-8")
     csv_cohort = resolve_cohort(str(manifest))
     assert csv_cohort.name == "mycohort" and csv_cohort.manifest_path == manifest.resolve()
     with pytest.raises(UserError, match="unknown cohort"):

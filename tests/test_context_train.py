@@ -30,7 +30,7 @@ def _cfg(cohort, config="ifm", extra=()):
 
 
 def _history(run: Path) -> list[dict]:
-    return json.loads((run / "summary.json").read_text())["history"]
+    return json.loads((run / "summary.json").read_text(encoding="utf-8"))["history"]
 
 
 def test_training_lowers_the_loss(tiny_cohort, tmp_path):
@@ -110,5 +110,5 @@ def test_two_process_gloo_pretraining(tiny_cohort, tmp_path):
            "--out", str(tmp_path / "ddp"), "--device", "cpu", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and np.isfinite(summary["history"][0]["patch_loss"])

@@ -67,7 +67,7 @@ def test_bad_inputs_raise_one_line_subject_errors(tmp_path):
     with pytest.raises(SubjectError, match="image not found"):
         read_image(tmp_path / "nope.nii.gz")
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("not dicom")
+    (tmp_path / "empty" / "notes.txt").write_text("not dicom", encoding="utf-8")
     with pytest.raises(SubjectError, match="no DICOM series"):
         read_image(tmp_path / "empty")
     good = tmp_path / "ct.nii.gz"

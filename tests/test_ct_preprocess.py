@@ -99,7 +99,7 @@ def test_store_layout_and_reader(store):
     assert store.landmark_coords.dtype == np.float32 and store.landmark_coords.shape == (747, 3)
     assert store.graph.num_nodes == 747 and store.graph.edge_index.shape[0] == 2
     assert set(INDEX_COLUMNS) <= set(store.index.columns) and len(store.index) == len(OK) + len(FAILS)
-    resolved = yaml.safe_load((store.path / "config.yaml").read_text())
+    resolved = yaml.safe_load((store.path / "config.yaml").read_text(encoding="utf-8"))
     assert resolved["patch_size"] == PATCH and resolved["registration"]["downsample_mm"] == 8.0
     patches = store.patches("masked")
     assert isinstance(patches, np.memmap) and patches.dtype == np.int16 and patches.shape == (747, 8, 8, 8)
@@ -154,7 +154,7 @@ def test_densitometry_matches_recomputation(store, cohort_dir):
 def test_cli_rerun_skips_done_subjects_and_exits_nonzero_for_failures(store, cohort_dir, tmp_path, capsys):
     config = tmp_path / "cohort.yaml"
     config.write_text(yaml.safe_dump({"name": "t", "manifest": str(cohort_dir / "manifest.csv"),
-                                      "spacing_mm": SPACING, "patch_size": PATCH, "registration": FAST}))
+                                      "spacing_mm": SPACING, "patch_size": PATCH, "registration": FAST}), encoding="utf-8")
     before = {sid: record_path(store.path, sid).stat().st_mtime_ns for sid in OK + list(FAILS)}
     code = main(["preprocess", "--cohort", str(config), "--out", str(store.path), "--workers", "1"])
     out = capsys.readouterr().out

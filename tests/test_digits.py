@@ -94,7 +94,7 @@ def test_cli_make_digits_stl_writes_a_readable_folder(tmp_path, raw_root):
     out = tmp_path / "stl_digits"
     assert main(["vision", "make-digits", "--source", "stl", "--data-root", str(raw_root), "--out", str(out),
                  "--size", "48", "--workers", "1"]) == 0
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["schema"]["name"] == "stl-digits" and meta["splits"] == {"train": 6, "test": 4}
     assert (out / "contact_sheet.png").is_file()
     live = dg.STLDigits(raw_root, "test", size=48)

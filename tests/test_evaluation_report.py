@@ -42,7 +42,7 @@ def cohort_dir(tmp_path, monkeypatch):
     densitometry = pd.DataFrame({"sid": sids, "laa950_pct": 20 * severity + rng.normal(0, 2, N),
                                  "perc15_hu": -910 - 40 * severity, "lung_volume_l": rng.normal(5.5, 0.8, N)})
     monkeypatch.setattr(evaluate_module, "load_densitometry", lambda cohort: densitometry)
-    (tmp_path / "toy.yaml").write_text("name: toy\nmanifest: manifest.csv\nsynthetic:\n  n: 36\n  seed: 0\n")
+    (tmp_path / "toy.yaml").write_text("name: toy\nmanifest: manifest.csv\nsynthetic:\n  n: 36\n  seed: 0\n", encoding="utf-8")
     return tmp_path
 
 
@@ -66,14 +66,14 @@ def test_cli_evaluate_writes_every_output(cohort_dir, capsys):
     assert set(results["method"]) == {"densitometry", "toy/graph", "toy/patch"}
     assert (results["status"] != "failed").all()
 
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "Synthetic cohort" in report and "not from patients" in report
-    assert "Synthetic cohort" in (out / "report.html").read_text()
+    assert "Synthetic cohort" in (out / "report.html").read_text(encoding="utf-8")
     # 36 subjects: logFEV1pp drops S007 (outcome) and S011 (features); the others drop S011 only
     assert "| logFEV1pp | continuous | 36 | 1 | 1 | 34 |" in report
     assert "| CLE | ordinal | 36 | 0 | 1 | 35 |" in report
 
-    document = json.loads((out / "results.json").read_text())
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     summary = pd.DataFrame(document["summary"]).set_index(["method", "outcome", "metric"])
     fev = results[(results["method"] == "densitometry") & (results["outcome"] == "logFEV1pp")]["r2"]
     assert summary.loc[("densitometry", "logFEV1pp", "r2"), "mean"] == pytest.approx(fev.mean())
@@ -88,7 +88,7 @@ def test_evaluate_on_real_cohort_has_no_synthetic_banner(cohort_dir):
     densitometry = evaluate_module.load_densitometry(cohort)
     results = evaluate(cohort, [], ["logFEV1FVC"], folds=3, out=cohort_dir / "r", densitometry=densitometry)
     assert list(results["method"].unique()) == ["densitometry"]
-    assert "Synthetic" not in (cohort_dir / "r" / "report.md").read_text()
+    assert "Synthetic" not in (cohort_dir / "r" / "report.md").read_text(encoding="utf-8")
 
 
 def test_cli_bad_input_is_one_line(cohort_dir, capsys):

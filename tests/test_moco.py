@@ -90,6 +90,6 @@ def test_metrics_logger_drops_rows_after_the_resumed_checkpoint(tmp_path):
     resumed = MetricsLogger(tmp_path, enabled=True, resume_step=3)
     resumed.log(4, loss=0.5)
     resumed.close()
-    with (tmp_path / "metrics.csv").open() as fh:
+    with (tmp_path / "metrics.csv").open(encoding="utf-8") as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == [1, 2, 3, 4]

@@ -54,7 +54,7 @@ def _write_results(out, study, rows):
     for plan, row in zip(st.plan_runs(study), rows):
         path = out / "runs" / plan.run_id / "result.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"run_id": plan.run_id, **row}))
+        path.write_text(json.dumps({"run_id": plan.run_id, **row}), encoding="utf-8")
 
 
 def test_correlation_aggregate_matches_numpy_pearson(tmp_path):
@@ -78,7 +78,7 @@ def test_correlation_aggregate_matches_numpy_pearson(tmp_path):
         assert r == pytest.approx(np.corrcoef(loss, err)[0, 1], abs=1e-3)
     r_cs = corr[(corr["x"] == "err_color") & (corr["y"] == "err_shape")]["pearson_r"].iloc[0]
     assert r_cs == pytest.approx(np.corrcoef(err_color, err_shape)[0, 1], abs=1e-3)
-    assert "10 of 10 runs finished" in (tmp_path / "summary.md").read_text()
+    assert "10 of 10 runs finished" in (tmp_path / "summary.md").read_text(encoding="utf-8")
 
 
 def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
@@ -94,7 +94,7 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     _write_results(tmp_path, study, rows)
     st.aggregate(study, tmp_path)
     assert (tmp_path / "difficulty.png").stat().st_size > 10_000
-    text = (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| 1 | 90.5 ± 0.7 |" in text                                # colour at τ = 1: seeds 0 and 1 → 90, 91
     assert "Best temperature per feature: color 1, shape 0.05" in text
     assert "Best hcl_beta per feature: color 0, shape 0, texture 4." in text
@@ -111,7 +111,7 @@ def one_thread():
 
 def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
-    study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text())
+    study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text(encoding="utf-8"))
     study.update(dataset="digits-standin", seeds=1, loss_batches=2,
                  sweeps=[{"loss.temperature": [0.5], "loss.ifm_eps": [0.0, 0.1]}])
     study["digits"].update(size=16, n_train=48, n_test=24)
@@ -121,13 +121,13 @@ def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, on
     study["run"]["knn"]["k"] = 10
     study["run"]["linear"]["epochs"] = 5
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
     out = tmp_path / "study"
     argv = ["vision", "study", "ifm", "--config", str(path), "--out", str(out)]
 
     assert main(argv + ["--shard", "0/2"]) == 0
     assert len(pd.read_csv(out / "results.csv")) == 1
-    assert "1 of 2 runs finished" in (out / "summary.md").read_text()
+    assert "1 of 2 runs finished" in (out / "summary.md").read_text(encoding="utf-8")
     assert main(argv + ["--shard", "1/2"]) == 0
     table = pd.read_csv(out / "results.csv")
     assert list(table["ifm_eps"]) == [0.0, 0.1] and list(table["run_id"]) == ["eps0_tau0.5_seed0",
@@ -139,7 +139,7 @@ def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, on
     assert table["final_loss"].between(0, math.log(31) + 2 / 0.5).all()
     for name in ("ifm.png", "ifm_table.csv", "summary.md", "study.yaml"):
         assert (out / name).stat().st_size > 0
-    linear = json.loads((out / "runs" / "eps0_tau0.5_seed0" / "linear.json").read_text())
+    linear = json.loads((out / "runs" / "eps0_tau0.5_seed0" / "linear.json").read_text(encoding="utf-8"))
     assert set(linear["digits-standin"]["top1"]) == {"digit", "object"}
 
     result = out / "runs" / "eps0.1_tau0.5_seed0" / "result.json"
@@ -148,10 +148,10 @@ def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, on
     assert result.stat().st_mtime_ns == mtime
 
     study["run"]["data"]["workers"] = 1                                # where/how data loads may change
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
     assert main(argv + ["--report-only"]) == 0 and main(argv) == 0
     study["run"]["epochs"] = 2
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study), encoding="utf-8")
     assert main(argv) == 2                                             # other settings, same folder: refused
     with pytest.raises(UserError, match="run.epochs=1, not 2"):
         st.run_study(cfg.load(st.StudyConfig, path), out)
@@ -181,7 +181,7 @@ def test_a_crashed_run_is_logged_the_others_finish_and_the_command_fails(tmp_pat
                "ifm_eps": dict(plan.values)["loss.ifm_eps"], "final_loss": 5.0, "acc_color": 90.0}
         path = out / "runs" / plan.run_id / "result.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(row))
+        path.write_text(json.dumps(row), encoding="utf-8")
         return row
 
     monkeypatch.setattr(st, "ensure_dataset", lambda study_, workers=1: tmp_path)

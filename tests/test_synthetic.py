@@ -69,7 +69,7 @@ def test_layout_and_columns(cohort: Path, table: pd.DataFrame) -> None:
     assert list(latents.sid) == list(manifest.sid)
     with Image.open(cohort / "preview.png") as png:
         assert png.format == "PNG" and png.size[0] > 500 and png.size[1] > 500
-    params = json.loads((cohort / "synth.json").read_text())
+    params = json.loads((cohort / "synth.json").read_text(encoding="utf-8"))
     assert params["complete"] and (params["n"], params["seed"], params["spacing_mm"]) == (N, 0, SPACING)
     assert not (cohort / ".partial").exists()
 
@@ -210,13 +210,13 @@ def test_bad_parameters(tmp_path: Path, kwargs: dict, message: str) -> None:
 
 
 def test_unwritable_or_foreign_out(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("x")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(UserError, match="cannot write"):
         generate_cohort(tmp_path / "file" / "c", n=1, spacing_mm=8.0)
     with pytest.raises(UserError, match="is a file"):
         generate_cohort(tmp_path / "file", n=1, spacing_mm=8.0)
     (tmp_path / "foreign").mkdir()
-    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    (tmp_path / "foreign" / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(UserError, match="holds no synthetic cohort"):
         generate_cohort(tmp_path / "foreign", n=1, spacing_mm=8.0)
 

@@ -142,7 +142,7 @@ def test_cli_writes_pngs_labels_and_contact_sheet_and_resumes(tmp_path):
     argv = ["vision", "make-trifeature", "--out", str(out), "--size", "16", "--per-combination", "2",
             "--test-per-combination", "1", "--workers", "1"]
     assert main(argv) == 0
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert meta["splits"] == {"train": 1000, "test": 1000}
     assert meta["construction"]["size"] == 16 and meta["schema"]["features"] == ["color", "shape", "texture"]
     assert (out / "contact_sheet.png").stat().st_size > 1000

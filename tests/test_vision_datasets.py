@@ -98,8 +98,8 @@ def write_stl10(root: Path, n_train: int = 8, n_test: int = 8, n_unlabeled: int 
         if split != "unlabeled":
             (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")  # 1-based on disk
     (folder / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse",
-                                                       "monkey", "ship", "truck"]) + "\n")
-    (folder / "fold_indices.txt").write_text("\n".join(" ".join(map(str, range(n_train))) for _ in range(10)) + "\n")
+                                                       "monkey", "ship", "truck"]) + "\n", encoding="utf-8")
+    (folder / "fold_indices.txt").write_text("\n".join(" ".join(map(str, range(n_train))) for _ in range(10)) + "\n", encoding="utf-8")
 
 
 def _jpeg(path: Path, pixels: np.ndarray) -> None:
@@ -110,8 +110,8 @@ def _jpeg(path: Path, pixels: np.ndarray) -> None:
 def write_tinyimagenet(root: Path, wnids: list[str], n_train: int = 3, n_val: int = 2) -> None:
     base = root / "tiny-imagenet-200"
     (base / "wnids.txt").parent.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (base / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(wnids)))
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n", encoding="utf-8")
+    (base / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(wnids)), encoding="utf-8")
     annotations = []
     for c, wnid in enumerate(wnids):
         images, _ = _images(n_train + n_val, 64, seed=c, classes=1)
@@ -119,12 +119,12 @@ def write_tinyimagenet(root: Path, wnids: list[str], n_train: int = 3, n_val: in
         for i in range(n_train):
             _jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", images[i])
         (base / "train" / wnid / f"{wnid}_boxes.txt").write_text(
-            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)))
+            "".join(f"{wnid}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)), encoding="utf-8")
         for i in range(n_val):
             name = f"val_{c * n_val + i}.JPEG"
             _jpeg(base / "val" / "images" / name, images[n_train + i])
             annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
-    (base / "val" / "val_annotations.txt").write_text("".join(annotations))
+    (base / "val" / "val_annotations.txt").write_text("".join(annotations), encoding="utf-8")
 
 
 def write_imagenet(root: Path, wnids: list[str], per_class: int = 1) -> None:
@@ -214,7 +214,7 @@ def test_cli_pretrain_and_linear_on_cifar10(tmp_path, capsys):
     assert code == 0
     saved = cfg.read_yaml(run / "config.yaml")
     assert saved["loss"]["ifm_eps"] == 0.1 and saved["epochs"] == 1 and saved["data"]["dataset"] == "cifar10"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["status"] == "done" and summary["epochs_done"] == 1 and 0 <= summary["knn_top1"]["class"] <= 100
     assert np.isfinite(summary["loss"]) and (run / "curves.png").stat().st_size > 0
     metrics = pd.read_csv(run / "metrics.csv")
@@ -222,11 +222,11 @@ def test_cli_pretrain_and_linear_on_cifar10(tmp_path, capsys):
     assert main(["vision", "linear", "--run", str(run), "--epochs", "3"]) == 0
     out = capsys.readouterr().out
     assert "cifar10 class: linear top-1" in out
-    linear = json.loads((run / "linear.json").read_text())["cifar10"]
+    linear = json.loads((run / "linear.json").read_text(encoding="utf-8"))["cifar10"]
     assert linear["train_size"] == 20 and linear["test_size"] == 8 and linear["linear"]["epochs"] == 3
     table = pd.read_csv(run / "linear.csv")
     assert len(table) == 3 and table["test_top1"].iloc[-1] == pytest.approx(linear["top1"]["class"])
-    assert json.loads((run / "summary.json").read_text())["linear"]["cifar10"]["class"] == linear["top1"]["class"]
+    assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["linear"]["cifar10"]["class"] == linear["top1"]["class"]
     with pytest.raises(UserError, match="already holds a run"):
         pretrain(load_vision_config(str(run / "config.yaml")), run)
 

@@ -76,7 +76,7 @@ def _validate(n: int, seed: int, spacing_mm: float, workers: int) -> None:
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Exclusive lock on the cohort folder (several processes may ask for the demo at once)."""
-    with open(out / _LOCK_FILE, "w") as handle:
+    with open(out / _LOCK_FILE, "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -89,7 +89,7 @@ def _read_params(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: unreadable cohort parameters ({exc}); delete {out} and generate again") from exc
 
@@ -116,7 +116,7 @@ def _prepare(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f"{_PROBE_PREFIX}{os.getpid()}"
-        probe.write_text("")
+        probe.write_text("", encoding="utf-8")
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{out}: cannot write the cohort there ({exc.strerror or exc}); "
@@ -189,7 +189,7 @@ def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2
             row_file = out / PARTIAL_DIR / f"{sid}.json"
             if row_file.is_file() and (out / "images" / f"{sid}.nii.gz").is_file() \
                     and (out / "masks" / f"{sid}.nii.gz").is_file():
-                done[index] = json.loads(row_file.read_text())
+                done[index] = json.loads(row_file.read_text(encoding="utf-8"))
         if done:
             log.info("resuming the synthetic cohort in %s: %d of %d subjects already written", out, len(done), n)
         tasks = [(str(out), i, seed, float(spacing_mm)) for i in range(n) if i not in done]

@@ -178,11 +178,11 @@ class MetricsLogger:
                 self._truncate(resume_step)
 
     def _truncate(self, step: int) -> None:
-        with self.csv_path.open(newline="") as fh:
+        with self.csv_path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
         kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
         tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp{os.getpid()}")
-        with tmp.open("w", newline="") as fh:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerows(kept)
         os.replace(tmp, self.csv_path)
 
@@ -193,7 +193,7 @@ class MetricsLogger:
             self._writer.add_scalar(key, value, step)  # type: ignore[union-attr]
         row = {"step": step, "time": round(time.time(), 3), **metrics}
         new = not self.csv_path.exists()
-        with self.csv_path.open("a", newline="") as fh:
+        with self.csv_path.open("a", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             if new:
                 writer.writerow(["step", "time", "key", "value"])

@@ -89,7 +89,7 @@ def prepare_store(cohort: CohortConfig, out: Path) -> Settings:
     with st.locked(out):
         existing = out / st.CONFIG
         if existing.is_file():
-            before = {k: v for k, v in (yaml.safe_load(existing.read_text()) or {}).items() if k in STORE_FIELDS}
+            before = {k: v for k, v in (yaml.safe_load(existing.read_text(encoding="utf-8")) or {}).items() if k in STORE_FIELDS}
             now = _store_settings(cohort)
             changed = sorted(k for k in now if before.get(k) != now[k])
             if changed:

@@ -109,7 +109,7 @@ def write_record(store: Path, record: dict[str, Any]) -> None:
 def read_record(store: Path, sid: str) -> dict[str, Any] | None:
     """One subject's record, or None if absent or unreadable."""
     try:
-        return json.loads(record_path(store, sid).read_text())
+        return json.loads(record_path(store, sid).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -129,7 +129,7 @@ def is_done(store: Path, sid: str) -> dict[str, Any] | None:
 def locked(store: Path) -> Iterator[None]:
     """Exclusive lock on the store's shared files (``.lock``), across processes and threads."""
     Path(store).mkdir(parents=True, exist_ok=True)
-    with open(Path(store) / ".lock", "w") as handle:
+    with open(Path(store) / ".lock", "w", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -200,7 +200,7 @@ class PatchStore:
     @cached_property
     def config(self) -> dict[str, Any]:
         """The resolved cohort config the store was built with (plain mapping)."""
-        return yaml.safe_load((self.path / CONFIG).read_text())
+        return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8"))
 
     @property
     def patch_size(self) -> int:

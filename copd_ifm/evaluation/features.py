@@ -79,7 +79,7 @@ def write_features(path: str | Path, df: pd.DataFrame, meta: dict[str, Any]) -> 
         table.to_csv(tmp, index=False)
         sidecar = path.with_name(path.name + ".json")
         sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-        sidecar_tmp.write_text(blob)
+        sidecar_tmp.write_text(blob, encoding="utf-8")
         os.replace(sidecar_tmp, sidecar)
     else:
         raise ValueError(f"features table must end in .parquet or .csv, got {path.name}")
