@@ -45,6 +45,7 @@ which photo", a much weaker test than STL10's object classes.
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -109,9 +110,9 @@ class _DigitsOnPhotos(MultiFeatureDataset):
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
 
+    @abstractmethod
     def photo(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """The background of item ``index``, uint8 ``[96, 96, 3]`` (may draw from ``rng``)."""
-        raise NotImplementedError
 
     def image(self, index: int) -> Image.Image:
         rng = self.rng(index)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class FeatureSchema:
                    class_names={f: tuple(data["class_names"][f]) for f in data["features"]})
 
 
-class MultiFeatureDataset(Dataset):
+class MultiFeatureDataset(Dataset, ABC):
     """Base class: subclasses set ``schema``, ``split``, ``targets`` (LongTensor ``[N, F]``), define :meth:`image`."""
 
     schema: FeatureSchema
@@ -74,9 +75,9 @@ class MultiFeatureDataset(Dataset):
     targets: torch.Tensor
     transform: Callable[[Image.Image], Any] | None = None
 
+    @abstractmethod
     def image(self, index: int) -> Image.Image:
         """The RGB image of item ``index`` (no transform)."""
-        raise NotImplementedError
 
     def image_name(self, index: int) -> str:
         """File stem used when the dataset is written to disk."""
