@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from copd_ifm.cohort.config import resolve_cohort
-from copd_ifm.cohort.synthetic import ensure_cohort
 from copd_ifm.context.train import pretrain, resolve_pretrain_config
 from copd_ifm.ct.preprocess import preprocess_cohort
 
@@ -41,8 +40,7 @@ def main() -> None:
     ap.add_argument("--landmarks", type=int, default=24, help="landmarks in the timed patch epoch")
     args = ap.parse_args()
     cohort = resolve_cohort(args.cohort)
-    ensure_cohort(cohort)
-    preprocess_cohort(cohort)
+    preprocess_cohort(cohort)  # generates the demo cohort first when it is missing
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
         for device in devices:

@@ -31,7 +31,6 @@ def _pretrain_once(cohort: CohortConfig, config: str, run: Path, overrides: list
 
 def run_demo(out: str | Path = "outputs/demo", quick: bool = False, cohort_spec: str = "demo") -> Path:
     """Run the demo into ``out`` (runs under ``out/runs``, report in ``out/report``); returns the report folder."""
-    from copd_ifm.cohort.synthetic import ensure_cohort
     from copd_ifm.ct.preprocess import preprocess_cohort
     from copd_ifm.evaluation.evaluate import evaluate
     from copd_ifm.evaluation.extract import extract_features
@@ -39,8 +38,7 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, cohort_spec:
     out = Path(out)
     start = time.perf_counter()
     cohort = resolve_cohort(cohort_spec)
-    ensure_cohort(cohort)
-    preprocess_cohort(cohort)
+    preprocess_cohort(cohort)  # generates the synthetic cohort first when it is missing
     overrides = QUICK if quick else []
     suffix = "-quick" if quick else ""
     runs = []
