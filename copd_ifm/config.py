@@ -21,16 +21,12 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 from copd_ifm.errors import UserError
+from copd_ifm.files import atomic_write_text
 
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("COPD_IFM_CONFIGS", PROJECT_ROOT / "configs"))
-
-
-def data_home() -> Path:
-    """Folder for generated cohorts and stores (``$COPD_IFM_HOME``, default ``~/.cache/copd-ifm``)."""
-    return Path(os.environ.get("COPD_IFM_HOME", Path.home() / ".cache" / "copd-ifm")).expanduser()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -202,15 +198,6 @@ def config_hash(obj: Any) -> str:
     """Short stable hash of a resolved config (12 hex digits)."""
     blob = json.dumps(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_resolved(obj: Any, path: str | Path) -> Path:

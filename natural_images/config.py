@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.contrastive.training import OptimConfig
 from copd_ifm.errors import UserError
 
@@ -39,7 +40,7 @@ class DataConfig:
 
     @property
     def root_path(self) -> Path:
-        return Path(self.root.replace("{data_home}", str(cfg.data_home()))).expanduser()
+        return files.expand_home(self.root)
 
 
 @dataclass

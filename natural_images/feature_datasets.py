@@ -20,7 +20,6 @@ already on disk are kept, so an interrupted ``make-*`` command resumes.
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from copd_ifm.config import atomic_write_text  # noqa: E402
+from copd_ifm.files import atomic_write, atomic_write_text, save_figure  # noqa: E402
 from copd_ifm.errors import UserError  # noqa: E402
 
 FORMAT_VERSION = 1
@@ -146,9 +145,8 @@ def _write_chunk(dataset: MultiFeatureDataset, indices: list[int], folder: Path)
         path = folder / f"{dataset.image_name(i)}.png"
         if path.exists():
             continue
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-        dataset.image(i).save(tmp, optimize=False)
-        os.replace(tmp, path)
+        image = dataset.image(i)
+        atomic_write(path, lambda tmp: image.save(tmp, optimize=False))
     return len(indices)
 
 
@@ -224,9 +222,6 @@ def contact_sheet(dataset: MultiFeatureDataset, path: str | Path, per_row: int =
     for spine in ax.spines.values():
         spine.set_visible(False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=max(100, int((h + pad) / row_in)))
+    save_figure(fig, path, dpi=max(100, int((h + pad) / row_in)))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.training import build_optimizer, build_scheduler
 from natural_images.augment import eval_transform
@@ -140,12 +141,12 @@ def _write_outputs(run_dir: Path, dataset: str, result: dict[str, Any], history:
     json_path, csv_path = run_dir / "linear.json", run_dir / "linear.csv"
     results = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {}
     results[dataset] = result
-    cfg.atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    files.atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     table = history
     if csv_path.is_file():
         previous = pd.read_csv(csv_path)
         table = pd.concat([previous[previous["dataset"] != dataset], history], ignore_index=True)
-    cfg.atomic_write_text(csv_path, table.to_csv(index=False))
+    files.atomic_write_text(csv_path, table.to_csv(index=False))
     plot_linear(table, run_dir / "linear.png")
     update_summary(run_dir, linear={name: r["top1"] for name, r in results.items()})
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from copd_ifm.files import save_figure
+
 
 def _save(fig: Figure, path: Path) -> None:
     """Write ``path`` atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_linear(table: pd.DataFrame, path: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.contrastive.training import Checkpointer
 from copd_ifm.errors import UserError
 from natural_images.config import VisionConfig
@@ -50,7 +51,7 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
 def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``RUN/summary.json`` (atomically) and return the result."""
     summary = {**read_summary(run_dir), **fields}
-    cfg.atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    files.atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

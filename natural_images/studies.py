@@ -33,7 +33,6 @@ training split, in a fixed order.
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.contrastive import info_nce_from_similarities
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.training import Checkpointer
@@ -195,7 +195,7 @@ def run_config(study: StudyConfig, plan: RunPlan) -> VisionConfig:
 def ensure_dataset(study: StudyConfig, workers: int = 1) -> Path:
     """The study's dataset folder under ``run.data.root``, generated if missing; a foreign one is refused.
 
-    Concurrent shards serialise on ``ROOT/.<dataset>.lock`` (``fcntl.flock``):
+    Concurrent shards serialise on ``ROOT/.<dataset>.lock`` (a file lock):
     the first generates the data, the others then find it ready.
     """
     root = cfg.from_dict(DataConfig, study.run.get("data", {}), "run.data").root_path
@@ -208,15 +208,14 @@ def ensure_dataset(study: StudyConfig, workers: int = 1) -> Path:
         keys = ("size", "seed", "per_combination", "test_per_combination")
     else:
         d = study.digits
-        raw = d.raw_root.replace("{data_home}", str(cfg.data_home()))
+        raw = str(files.expand_home(d.raw_root))
         spec = DigitsSpec(source="stl" if study.dataset == "stl-digits" else "standin", data_root=raw,
                           size=d.size, seed=d.seed, n_train=d.n_train, n_test=d.n_test)
         make = make_digits
         keys = ("source", "size", "seed") + (("n_train", "n_test") if spec.source == "standin" else ())
     wanted = {k: getattr(spec, k) for k in keys}
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{study.dataset}.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with files.file_lock(root / f".{study.dataset}.lock", f"the {study.dataset} dataset"):
         if (folder / "dataset.json").is_file():
             built = read_folder_meta(folder)["construction"]
             diff = sorted(k for k in wanted if built.get(k) != wanted[k])
@@ -277,7 +276,7 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     for feature, top1 in readout["top1"].items():
         row[f"acc_{feature}"] = top1
         row[f"err_{feature}"] = 100.0 - top1
-    cfg.atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
+    files.atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
     return row
 
 
@@ -349,9 +348,9 @@ def aggregate(study: StudyConfig, out: str | Path) -> pd.DataFrame:
     table = collect_results(study, out)
     planned = len(plan_runs(study))
     if table.empty:
-        cfg.atomic_write_text(out / "summary.md", f"# {study.study} study\n\n0 of {planned} runs finished.\n")
+        files.atomic_write_text(out / "summary.md", f"# {study.study} study\n\n0 of {planned} runs finished.\n")
         return table
-    cfg.atomic_write_text(out / "results.csv", table.to_csv(index=False, float_format="%.6g"))
+    files.atomic_write_text(out / "results.csv", table.to_csv(index=False, float_format="%.6g"))
     features = study_features(table)
     lines = [f"# {study.study} study: {study.dataset}, scale {study.scale}", "",
              f"{len(table)} of {planned} runs finished; {_settings(study)}.", ""]
@@ -361,14 +360,14 @@ def aggregate(study: StudyConfig, out: str | Path) -> pd.DataFrame:
     elif study.study == "ifm":
         study_plots.plot_ifm(table, features, out / "ifm.png")
         lines += _ifm_summary(table, features, study.dataset)
-        cfg.atomic_write_text(out / "ifm_table.csv", study_plots.ifm_table(table, features).to_csv(
+        files.atomic_write_text(out / "ifm_table.csv", study_plots.ifm_table(table, features).to_csv(
             index=False, float_format="%.4g"))
     else:
         study_plots.plot_correlation(table, features, out / "correlation.png")
         corr = study_plots.correlation_table(table, features)
-        cfg.atomic_write_text(out / "correlation.csv", corr.to_csv(index=False, float_format="%.4g"))
+        files.atomic_write_text(out / "correlation.csv", corr.to_csv(index=False, float_format="%.4g"))
         lines += _correlation_summary(corr, features, len(table))
-    cfg.atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    files.atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return table
 
 

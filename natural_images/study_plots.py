@@ -15,7 +15,6 @@ and ``err_<feature>`` in percent) and writes one PNG atomically.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -26,17 +25,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
+from copd_ifm.files import save_figure
 
 FEATURE_COLORS = {"color": "tab:red", "shape": "tab:blue", "texture": "tab:green", "digit": "tab:purple",
                   "object": "tab:orange"}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

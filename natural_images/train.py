@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.contrastive import ContrastiveLoss, instance_accuracy
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.training import (Checkpointer, MetricsLogger, Throughput, autocast, build_optimizer,
@@ -224,7 +225,7 @@ def _write_epoch_outputs(run_dir: Path, config: VisionConfig, history: list[dict
                          dev: torch.device, wall_s: float, plot: bool) -> None:
     """``epochs.csv`` and ``summary.json`` every epoch; ``curves.png`` when ``plot`` (TensorBoard is the live view)."""
     table = pd.DataFrame(history)
-    cfg.atomic_write_text(run_dir / "epochs.csv", table.to_csv(index=False))
+    files.atomic_write_text(run_dir / "epochs.csv", table.to_csv(index=False))
     if plot:
         plot_pretrain(table, run_dir / "curves.png")
     knn: dict[str, Any] = {"knn_top1": {}, "knn_epoch": None, "best_knn_top1": {}}

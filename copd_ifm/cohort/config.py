@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.errors import UserError
 
 #: COPDGene's column names for the canonical outcomes (see DESIGN.md §4).
@@ -96,7 +97,7 @@ class CohortConfig:
 
     @property
     def store_path(self) -> Path:
-        return Path(self.store) if self.store else cfg.data_home() / "stores" / self.name
+        return Path(self.store) if self.store else files.data_home() / "stores" / self.name
 
     @property
     def cube_mm(self) -> float:
@@ -105,8 +106,7 @@ class CohortConfig:
 
 
 def _expand(value: str, base: Path) -> str:
-    value = value.replace("{data_home}", str(cfg.data_home()))
-    p = Path(value).expanduser()
+    p = files.expand_home(value)
     return str(p if p.is_absolute() else (base / p).resolve())
 
 

@@ -1,7 +1,6 @@
 """A picture of CT subjects: axial, coronal and sagittal slices with the lung mask outlined."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+from copd_ifm.files import save_figure
 
 #: Lung window (level −600 HU, width 1500 HU).
 WINDOW_HU = (-1350.0, 150.0)
@@ -51,8 +51,6 @@ def write_preview(subjects: Sequence[tuple[str, Path, Path]], out: Path) -> Path
             ax.set_axis_off()
     fig.tight_layout()
     out = Path(out)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    save_figure(fig, out, dpi=90)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -17,16 +17,14 @@ bytes whatever the number of workers, and a smaller cohort is a prefix of a larg
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import SimpleITK as sitk
@@ -36,7 +34,7 @@ from copd_ifm.cohort import phenotypes
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.cohort.preview import write_preview
 from copd_ifm.cohort.synthetic_subject import LATENT_COLUMNS, PARTIAL_DIR, init_worker, make_subject, subject_id
-from copd_ifm.config import atomic_write_text
+from copd_ifm.files import atomic_write_text, file_lock
 from copd_ifm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.5, 8.0
 MANIFEST_COLUMNS = ["sid", "image", "lung_mask", *phenotypes.OUTCOME_COLUMNS]
 _LOCK_FILE = ".synth.lock"
 _PROBE_PREFIX = ".write-test"
-_OWN_FILES = {PARAMS_FILE, PARTIAL_DIR, _LOCK_FILE}
+_OWN_FILES = {PARAMS_FILE, PARTIAL_DIR, _LOCK_FILE, f"{_LOCK_FILE}.owner"}
 
 
 def _params(n: int, seed: int, spacing_mm: float) -> dict[str, Any]:
@@ -71,17 +69,6 @@ def _validate(n: int, seed: int, spacing_mm: float, workers: int) -> None:
                         f"{MAX_SPACING_MM} mm (2 for the demo, 1 like COPDGene)")
     if workers < 1:
         raise UserError(f"workers={workers}: need at least 1 worker process")
-
-
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Exclusive lock on the cohort folder (several processes may ask for the demo at once)."""
-    with open(out / _LOCK_FILE, "w", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_params(out: Path) -> dict[str, Any] | None:
@@ -177,7 +164,7 @@ def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2
         log.info("reusing the synthetic cohort in %s (%s)", out, _describe(params))
         return out / MANIFEST_FILE
     _prepare(out)
-    with _locked(out):
+    with file_lock(out / _LOCK_FILE, "the synthetic cohort"):  # several processes may ask for the demo at once
         if _check_folder(out, params):          # another process finished it meanwhile
             return out / MANIFEST_FILE
         atomic_write_text(out / PARAMS_FILE, json.dumps({**params, "complete": False}, indent=1))

@@ -13,7 +13,6 @@ lung mask) and ``laa950_pct`` (% of mask voxels ≤ −950 HU in the written ima
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import SimpleITK as sitk
 from copd_ifm.cohort import phenotypes
 from copd_ifm.cohort.atlas import load_atlas_mask
 from copd_ifm.cohort.phantom import render_subject
-from copd_ifm.config import atomic_write_text
+from copd_ifm.files import atomic_write, atomic_write_text
 
 #: Per-subject rows of an unfinished run, so that it resumes after the last written subject.
 PARTIAL_DIR = ".partial"
@@ -44,9 +43,7 @@ def init_worker(spacing_mm: float) -> None:
 
 def _write_image(image: sitk.Image, path: Path) -> None:
     """Write a compressed NIfTI atomically (the temporary name keeps the .nii.gz suffix)."""
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp{os.getpid()}.nii.gz")
-    sitk.WriteImage(image, str(tmp), True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
 
 
 def make_subject(task: tuple[str, int, int, float]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from copd_ifm import config as cfg_io
+from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.augment import PatchAugment
 from copd_ifm.context.config import PretrainConfig
@@ -64,7 +65,7 @@ def open_store(cohort: CohortConfig) -> PatchStore:
 def write_run_config(run_dir: Path, cohort: CohortConfig, cfg: PretrainConfig) -> None:
     """``RUN/config.yaml``: the resolved cohort and pretrain configs, with the pretrain config's hash."""
     doc = {"pretrain": cfg_io.to_dict(cfg), "cohort": cfg_io.to_dict(cohort), "config_hash": cfg_io.config_hash(cfg)}
-    cfg_io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+    files.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
 
 
 def read_run_config(run_dir: str | Path) -> tuple[CohortConfig, PretrainConfig]:
@@ -164,7 +165,7 @@ def pretrain(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path, res
         summary = {"run": run_dir.name, "epochs": sched.epochs, "ifm_epsilon": cfg.ifm.epsilon,
                    "config_hash": cfg_io.config_hash(cfg), "history": history, "world_size": info.world_size,
                    "device": str(device)}
-        cfg_io.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        files.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     D.barrier()
     return run_dir
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from copd_ifm import config as cfg
+from copd_ifm import files
 from copd_ifm.cohort.atlas import load_atlas_mask
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.ct import store as st
@@ -97,11 +98,9 @@ def prepare_store(cohort: CohortConfig, out: Path) -> Settings:
                                 "use another --out or delete that store")
         if not all((out / n).is_file() for n in (st.CONFIG, st.LANDMARKS_CSV, st.LANDMARKS_NPY, st.GRAPH)):
             st.write_csv(out / st.LANDMARKS_CSV, table)
-            st.save_npy(out / st.LANDMARKS_NPY, corners)
+            files.save_npy(out / st.LANDMARKS_NPY, corners)
             graph = landmark_graph(corners, step_voxels(cohort.landmark_step_mm, cohort.spacing_mm))
-            tmp = out / f".{st.GRAPH}.tmp{os.getpid()}"
-            torch.save(graph, tmp)
-            os.replace(tmp, out / st.GRAPH)
+            files.save_torch(out / st.GRAPH, graph)
             cfg.save_resolved(cohort, out / st.CONFIG)               # last: marks the store files complete
     return Settings(store=out, spacing_mm=cohort.spacing_mm, patch_size=cohort.patch_size,
                     lung_seg=cohort.lung_seg, min_lung_volume_l=cohort.min_lung_volume_l,

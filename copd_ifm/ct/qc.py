@@ -7,10 +7,10 @@ and the centres of the patches whose cube crosses the slice.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+from copd_ifm.files import save_figure
 
 
 def save_qc_png(path: Path, ct: np.ndarray, mask: np.ndarray, corners: np.ndarray, patch_size: int,
@@ -47,7 +47,4 @@ def save_qc_png(path: Path, ct: np.ndarray, mask: np.ndarray, corners: np.ndarra
         ax.set_axis_off()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=80, format="png")
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=80)

@@ -24,11 +24,7 @@ run, so the last run to finish sees every record.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import io
 import json
-import os
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from copd_ifm.config import atomic_write_text
+from copd_ifm.files import atomic_write_text, file_lock, file_sha1
 from copd_ifm.errors import UserError
 
 CONFIG = "config.yaml"
@@ -55,36 +51,6 @@ INDEX_COLUMNS = (["sid", "status", "n_patches", "sha1", "laa950_pct", "perc15_hu
                   "mask_source", "dice", "scale", "n_partial", "seconds", "cpu_s"]
                  + [f"{s}_s" for s in STAGES] + ["image", "error"])
 TEXT_COLUMNS = ("sid", "status", "sha1", "mask_source", "image", "error")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_npy(path: Path, array: np.ndarray) -> str:
-    """Save ``array`` as ``.npy`` atomically; returns the SHA-1 of the file's bytes."""
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    data = buffer.getvalue()
-    atomic_write_bytes(path, data)
-    return hashlib.sha1(data).hexdigest()
-
-
-def file_sha1(path: Path) -> str:
-    """SHA-1 of a file's bytes (read in 8 MiB blocks)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 23), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -127,14 +93,9 @@ def is_done(store: Path, sid: str) -> dict[str, Any] | None:
 
 @contextmanager
 def locked(store: Path) -> Iterator[None]:
-    """Exclusive lock on the store's shared files (``.lock``), across processes and threads."""
-    Path(store).mkdir(parents=True, exist_ok=True)
-    with open(Path(store) / ".lock", "w", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Exclusive lock on the store's shared files (``.lock``), across processes."""
+    with file_lock(Path(store) / ".lock", "the patch store's shared files"):
+        yield
 
 
 def merge_records(store: Path, sids: list[str]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import SimpleITK as sitk
 
+from copd_ifm import files
 from copd_ifm.cohort.config import RegistrationConfig
 from copd_ifm.ct import store as st
 from copd_ifm.ct.densitometry import densitometry
@@ -111,8 +112,8 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
             mask_array = sitk.GetArrayViewFromImage(mask) > 0
             record.update(densitometry(ct_array, mask_array, float(np.prod(ct.GetSpacing()))))
         with _stage(record, "write"):
-            record["sha1"] = st.save_npy(store / st.PATCHES / f"{task.sid}.npy", patches)
-            st.save_npy(store / st.CENTERS / f"{task.sid}.npy", corners)
+            record["sha1"] = files.save_npy(store / st.PATCHES / f"{task.sid}.npy", patches)
+            files.save_npy(store / st.CENTERS / f"{task.sid}.npy", corners)
         with _stage(record, "qc"):
             if task.qc:
                 from copd_ifm.ct.qc import save_qc_png

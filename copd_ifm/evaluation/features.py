@@ -14,7 +14,6 @@ else the run folder's name for ``features.parquet``, else the file's stem.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from copd_ifm.errors import UserError
+from copd_ifm.files import atomic_write, atomic_write_text
 
 #: File name of a run's features table (``extract``'s default output).
 FEATURES_FILE = "features.parquet"
@@ -68,23 +68,15 @@ def write_features(path: str | Path, df: pd.DataFrame, meta: dict[str, Any]) -> 
     values = table[columns].to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         raise ValueError("features must be finite numbers")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     blob = json.dumps(meta, sort_keys=True)
     if path.suffix == ".parquet":
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), META_KEY: blob.encode()})
-        pq.write_table(arrow, tmp)
-    elif path.suffix == ".csv":
-        table.to_csv(tmp, index=False)
-        sidecar = path.with_name(path.name + ".json")
-        sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp{os.getpid()}")
-        sidecar_tmp.write_text(blob, encoding="utf-8")
-        os.replace(sidecar_tmp, sidecar)
-    else:
-        raise ValueError(f"features table must end in .parquet or .csv, got {path.name}")
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+    if path.suffix == ".csv":
+        atomic_write_text(path.with_name(path.name + ".json"), blob)
+        return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    raise ValueError(f"features table must end in .parquet or .csv, got {path.name}")
 
 
 def features_table_path(path_or_run_dir: str | Path) -> Path:

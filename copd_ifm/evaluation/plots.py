@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +22,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E4
 
 from copd_ifm.evaluation.outcomes import Outcome  # noqa: E402
 from copd_ifm.evaluation.report import METRICS  # noqa: E402
+from copd_ifm.files import save_figure
 
 
 def _grid(n: int, size: float = 3.4) -> tuple[plt.Figure, np.ndarray]:
@@ -35,10 +35,8 @@ def _grid(n: int, size: float = 3.4) -> tuple[plt.Figure, np.ndarray]:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from copd_ifm.config import atomic_write_text
+from copd_ifm.files import atomic_write_text
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome
 
 #: Metrics per outcome kind: (column in the results table, label, scale for display).
