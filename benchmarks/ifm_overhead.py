@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from copd_ifm.contrastive import ContrastiveLoss, MoCo
-from copd_ifm.contrastive.training import autocast, grad_scaler, optimizer_step
+from copd_ifm.contrastive.runtime import autocast, grad_scaler, optimizer_step
 
 
 def small_resnet() -> tuple[nn.Module, int]:

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from copd_ifm.contrastive import ContrastiveLoss
-from copd_ifm.contrastive.training import autocast, build_optimizer, grad_scaler, optimizer_step
+from copd_ifm.contrastive.optim import build_optimizer
+from copd_ifm.contrastive.runtime import autocast, grad_scaler, optimizer_step
 from natural_images.augment import TwoViews, train_transform
 from natural_images.config import AugmentConfig, VisionConfig
 from natural_images.datasets import CIFAR_MEAN, CIFAR_STD

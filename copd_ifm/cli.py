@@ -52,9 +52,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
+def _add_set(p: argparse.ArgumentParser, cohort_prefix: bool = False) -> None:
+    extra = "; cohort fields take the prefix cohort. (e.g. cohort.manifest=PATH)" if cohort_prefix else ""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (dotted key, YAML value); repeatable")
+                   help=f"override any config field (dotted key, YAML value); repeatable{extra}")
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """One dotted-key override mapping: the typed values of the given ``flags`` (flag → config field),
+    then the parsed ``--set`` items (which win)."""
+    from copd_ifm.config import dotted
+
+    given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) not in (None, False)}
+    return {**given, **dotted(args.overrides)}
+
+
+def _cohort_overrides(args: argparse.Namespace) -> dict:
+    """``--set`` for a stage whose config is the cohort: the ``cohort.`` prefix is optional there."""
+    from copd_ifm.config import split_prefix
+
+    prefixed, plain = split_prefix(_overrides(args, {}), "cohort")
+    return {**plain, **prefixed}
 
 
 def _not_built(stage: str, issue: int) -> Callable[[argparse.Namespace], int]:
@@ -84,7 +102,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from copd_ifm.cohort.config import resolve_cohort
     from copd_ifm.ct.preprocess import preprocess_cohort
 
-    cohort = resolve_cohort(args.cohort, args.overrides)
+    cohort = resolve_cohort(args.cohort, _cohort_overrides(args))
     store = preprocess_cohort(cohort, out=Path(args.out) if args.out else None, workers=args.workers,
                               shard=args.shard, lung_seg=args.lung_seg)
     failed = store.failures
@@ -109,22 +127,34 @@ def _ensure_store(cohort: "CohortConfig") -> None:
         preprocess_cohort(cohort)
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from copd_ifm.cohort.config import resolve_cohort
-    from copd_ifm.context.train import pretrain, resolve_pretrain_config
+#: ``pretrain`` flag → dotted PretrainConfig field (unset flags leave the config's value).
+_PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "epochs": "schedule.epochs",
+                   "device": "device"}
 
-    cohort = resolve_cohort(args.cohort)
-    extra: dict = {"device": args.device}
-    if args.ifm_eps is not None:
-        extra["ifm"] = {"epsilon": args.ifm_eps}
-    if args.ifm_alpha is not None:
-        extra.setdefault("ifm", {})["alpha"] = args.ifm_alpha
-    if args.epochs is not None:
-        extra["schedule"] = {"epochs": args.epochs}
-    cfg = resolve_pretrain_config(args.config, cohort, extra, args.overrides)
-    _ensure_store(cohort)
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm import config as cfg_io
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.context.config import PretrainConfig
+    from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config
+
+    cohort_sets, sets = cfg_io.split_prefix(_overrides(args, _PRETRAIN_FLAGS), "cohort")
+    if args.resume or args.extend:
+        if not args.out:
+            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out")
+        cohort, saved = read_run_config(args.out)
+        if cohort_sets:
+            raise UserError(f"--resume: the cohort of {args.out} is fixed; drop --set cohort.{next(iter(cohort_sets))}")
+        cfg = cfg_io.from_dict(PretrainConfig, cfg_io.apply_overrides(cfg_io.to_dict(saved), sets),
+                               str(Path(args.out) / "config.yaml"))
+    else:
+        cohort = resolve_cohort(args.cohort, cohort_sets)
+        cfg = resolve_pretrain_config(args.config, cohort, sets)
+        _ensure_store(cohort)
     out = args.out or f"runs/{cohort.name}-{cfg.name}"
-    run = pretrain(cohort, cfg, out, resume=args.resume)
+    run = pretrain(cohort, cfg, out, resume=args.resume or args.extend, extend=args.extend)
     print(f"run folder: {run}")
     return 0
 
@@ -146,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from copd_ifm.evaluation.evaluate import default_report_dir, evaluate
     from copd_ifm.evaluation.report import format_table
 
-    cohort = resolve_cohort(args.cohort, args.overrides)
+    cohort = resolve_cohort(args.cohort, _cohort_overrides(args))
     out = Path(args.out) if args.out else default_report_dir(cohort)
     sources = [s.strip() for s in args.features.split(",") if s.strip()]
     results = evaluate(cohort, sources, args.outcomes.split(","), folds=args.folds, seed=args.seed, out=out,
@@ -166,20 +196,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ``vision pretrain`` flag → dotted VisionConfig field (unset flags leave the config's value).
-_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.ifm_eps",
-                 "ifm_alpha": "loss.ifm_alpha", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
+_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.epsilon",
+                 "ifm_alpha": "loss.alpha", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
                  "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
                  "download": "data.download"}
-
-
-def _vision_fields(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    """``--set``-style ``key=value`` items for the flags that were given, then the user's own ``--set``."""
-    import json
-
-    given = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags.items()
-             if getattr(args, flag, None) not in (None, False)]
-    return given + list(args.overrides)
 
 
 def cmd_vision_pretrain(args: argparse.Namespace) -> int:
@@ -190,7 +211,8 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     from natural_images.run import default_run_dir
     from natural_images.train import pretrain
 
-    if args.resume:
+    resume = args.resume or args.extend
+    if resume:
         if not args.out or args.config:
             raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out, drop --config")
         name = str(Path(args.out) / "config.yaml")
@@ -198,9 +220,9 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
             raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
     else:
         name = str(config_path(args.config or f"{args.dataset or 'cifar10'}_{args.method or 'simclr'}"))
-    config = load_vision_config(name, overrides=_vision_fields(args, _VISION_FLAGS))
+    config = load_vision_config(name, overrides=_overrides(args, _VISION_FLAGS))
     out = Path(args.out) if args.out else default_run_dir(config)
-    summary = pretrain(config, out, resume=args.resume, device=args.device)
+    summary = pretrain(config, out, resume=resume, device=args.device, extend=args.extend)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
         knn = ", ".join(f"{k} {v:.2f}%" for k, v in summary.get("knn_top1", {}).items())
         print(f"run folder: {out} (epochs {summary.get('epochs_done')}/{summary.get('epochs')}, "
@@ -211,8 +233,8 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
 def cmd_vision_linear(args: argparse.Namespace) -> int:
     from natural_images.linear import linear_readout, resolve_linear_config
 
-    linear = resolve_linear_config(args.run, _vision_fields(args, {"epochs": "epochs", "lr": "optim.lr",
-                                                                   "batch_size": "batch_size"}))
+    linear = resolve_linear_config(args.run, _overrides(args, {"epochs": "epochs", "lr": "optim.lr",
+                                                               "batch_size": "batch_size"}))
     result = linear_readout(args.run, args.dataset, linear, device=args.device, data_root=args.data_root,
                             download=args.download, workers=args.workers)
     for label, acc in result["top1"].items():
@@ -312,9 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α; default: config")
     p.add_argument("--epochs", type=int, default=None, help="epochs; default: config")
     p.add_argument("--out", default=None, help="run folder (default: runs/<cohort>-<config>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
-    _add_set(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last checkpoint with its saved config (differing flags are refused)")
+    p.add_argument("--extend", action="store_true",
+                   help="resume --out and train to --epochs (more than it was started with); the cosine LR "
+                        "schedule is recomputed over the new length")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device; unset: config")
+    _add_set(p, cohort_prefix=True)
     _common(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -383,6 +409,9 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process")
     p.add_argument("--out", default=None, help="run folder; unset: runs/vision/DATASET_METHOD_ARCH_epsE_seedS")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--extend", action="store_true",
+                   help="resume --out and train to --epochs (more than it was started with); the cosine LR "
+                        "schedule is recomputed over the new length")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     _add_set(p)
     _common(p)

@@ -3,8 +3,10 @@
 Every config class is a (nested) dataclass. :func:`from_dict` validates a plain
 mapping against it (unknown keys, wrong types and out-of-range values are
 rejected with a one-line :class:`~copd_ifm.errors.UserError` naming the file
-and the dotted field), :func:`apply_overrides` applies ``--set a.b=value``
-strings, and :func:`save_resolved` writes the fully resolved config next to a
+and the dotted field). Overrides travel as one ``{"a.b": value}`` mapping:
+CLI flags put their typed values in it, ``--set a.b=value`` strings are parsed
+into it once (:func:`dotted`), and :func:`apply_overrides` applies it; a config
+YAML may inherit another with ``base: NAME`` (:func:`read_config`); and :func:`save_resolved` writes the fully resolved config next to a
 run's outputs.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
@@ -141,8 +143,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.1"`` → (``["optim", "lr"]``, ``0.1``); the value is parsed as YAML."""
+#: ``--set`` strings (``"optim.lr=0.1"``) or dotted keys with their values (``{"optim.lr": 0.1}``).
+Overrides = Union[Mapping[str, Any], Sequence[str], None]
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=0.1"`` → (``"optim.lr"``, ``0.1``); the value is parsed as YAML."""
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=0.03")
     key, raw = item.split("=", 1)
@@ -153,23 +159,76 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise UserError(f"--set {item!r}: value is not valid YAML") from exc
-    return key.split("."), value
+    return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``--set`` overrides to a nested mapping (in place and returned)."""
-    for item in overrides or []:
-        keys, value = parse_override(item)
+def dotted(overrides: Overrides) -> dict[str, Any]:
+    """Overrides as one ``{"a.b": value}`` mapping (``--set`` strings are parsed here, and only here)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    return dict(parse_override(item) for item in overrides)
+
+
+def split_prefix(overrides: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({k: v} with "PREFIX." stripped, the rest)``: routes ``--set cohort.manifest=…`` to the cohort."""
+    mine = {k[len(prefix) + 1:]: v for k, v in overrides.items() if k.startswith(prefix + ".")}
+    rest = {k: v for k, v in overrides.items() if not k.startswith(prefix + ".")}
+    return mine, rest
+
+
+def apply_overrides(data: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """Set dotted keys in a nested mapping (in place and returned)."""
+    for key, value in dotted(overrides).items():
+        keys = key.split(".")
         node = data
         for k in keys[:-1]:
             child = node.get(k)
             if child is None:
                 child = node[k] = {}
             if not isinstance(child, dict):
-                raise UserError(f"--set {item!r}: {k!r} is not a group of fields")
+                raise UserError(f"--set {key}: {k!r} is not a group of fields")
             node = child
         node[keys[-1]] = value
     return data
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A config YAML with inheritance: ``base: NAME`` (a YAML beside it) is read first and this file merged on top."""
+    path = Path(path)
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = path.parent / (base if str(base).endswith((".yaml", ".yml")) else f"{base}.yaml")
+    if base_path.resolve() == path.resolve():
+        raise UserError(f"{path}: 'base: {base}' names the file itself; name another config")
+    return merge(read_config(base_path), data)
+
+
+def named_config(kind: str, spec: str, flag: str = "--config") -> Path:
+    """``spec`` is a YAML path or the name of a config in ``configs/KIND``; unknown names list the known ones."""
+    if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
+        return Path(spec)
+    path = CONFIG_DIR / kind / f"{spec}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+        raise UserError(f"{flag} {spec!r}: no such config in {CONFIG_DIR / kind} (known: {', '.join(known)}; "
+                        f"or give a YAML path)")
+    return path
+
+
+def check_resume(saved: Mapping[str, Any], given: Mapping[str, Any], may_change: Sequence[str],
+                 source: str) -> None:
+    """Refuse a resumed run whose config differs from the saved one outside ``may_change`` (dotted keys)."""
+    old, new = flatten(saved), flatten(given)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not any(k == m or k.startswith(m + ".") for m in may_change))
+    if changed:
+        diff = "; ".join(f"{k}: saved {old.get(k)!r}, given {new.get(k)!r}" for k in changed[:3])
+        raise UserError(f"--resume: the run's config differs from {source} ({diff}); drop those flags to resume "
+                        f"as saved, or start a new --out")
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,10 +265,10 @@ def save_resolved(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+def load(cls: type[T], path: str | Path | None = None, overrides: Overrides = None,
          extra: Mapping[str, Any] | None = None) -> T:
-    """Load ``cls`` from YAML ``path`` (or defaults), then ``extra`` (CLI flags), then ``--set``."""
-    data: dict[str, Any] = read_yaml(path) if path else {}
+    """Load ``cls`` from YAML ``path`` (or defaults; ``base:`` inherited), then ``extra`` (nested), then overrides."""
+    data: dict[str, Any] = read_config(path) if path else {}
     if extra:
         data = merge(data, extra)
     data = apply_overrides(data, overrides)

@@ -6,13 +6,14 @@ its output already exists (a rerun resumes instead of starting over).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from copd_ifm.cohort.config import CohortConfig, resolve_cohort
 from copd_ifm.context.train import pretrain, resolve_pretrain_config
-from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.evaluation.features import FEATURES_FILE
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ QUICK = ["schedule.epochs=1", "schedule.landmarks_per_epoch=48"]
 
 def _pretrain_once(cohort: CohortConfig, config: str, run: Path, overrides: list[str]) -> Path:
     cfg = resolve_pretrain_config(config, cohort, overrides=overrides)
-    if (run / "summary.json").is_file():
+    summary = run / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text(encoding="utf-8"))["epochs_done"] >= cfg.schedule.epochs:
         log.info("%s: already trained, reusing it", run)
         return run
     return pretrain(cohort, cfg, run, resume=Checkpointer(run).exists())

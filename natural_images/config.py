@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional
 
 from copd_ifm import config as cfg
 from copd_ifm import files
-from copd_ifm.contrastive.training import OptimConfig
+from copd_ifm.contrastive.losses import LossConfig
+from copd_ifm.contrastive.optim import OptimConfig
 from copd_ifm.errors import UserError
 
 VISION_CONFIG_DIR = cfg.CONFIG_DIR / "vision"
@@ -76,25 +77,6 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
-    """InfoNCE / hard-negative objective with IFM (ε = 0 is the baseline)."""
-
-    temperature: float = 0.5
-    ifm_eps: float = 0.0
-    ifm_alpha: float = 1.0
-    hcl_beta: float = 0.0                  # hard-negative concentration β (0: uniform negatives)
-    tau_plus: float = 0.0                  # positive-class prior τ⁺ of the debiased estimator
-
-    def validate(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.ifm_eps < 0:
-            raise ValueError(f"ifm_eps must be >= 0, got {self.ifm_eps}")
-        if not 0 <= self.tau_plus < 1:
-            raise ValueError(f"tau_plus must be in [0, 1), got {self.tau_plus}")
-
-
-@dataclass
 class SimCLRConfig:
     dim: int = 128                         # embedding width
     hidden: int = 512                      # head: feat → hidden (BN, ReLU) → dim, as in the hard-negative code
@@ -154,7 +136,7 @@ class VisionConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(temperature=0.5))
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.training import autocast
+from copd_ifm.contrastive.runtime import autocast
 from copd_ifm.errors import UserError
 from natural_images.datasets import as_label_matrix
 

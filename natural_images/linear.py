@@ -23,7 +23,7 @@ from tqdm import tqdm
 from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.training import build_optimizer, build_scheduler
+from copd_ifm.contrastive.optim import build_optimizer, build_scheduler
 from natural_images.augment import eval_transform
 from natural_images.config import LinearConfig
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names

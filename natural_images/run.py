@@ -18,7 +18,7 @@ from torch import nn
 
 from copd_ifm import config as cfg
 from copd_ifm import files
-from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from natural_images.config import VisionConfig
 from natural_images.datasets import image_sizes
@@ -58,4 +58,4 @@ def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 def default_run_dir(config: VisionConfig) -> Path:
     """``runs/vision/<dataset>_<method>_<arch>_eps<ε>_seed<seed>`` under the working directory."""
     return Path("runs") / "vision" / (f"{config.data.dataset}_{config.method}_{config.model.arch}"
-                                      f"_eps{config.loss.ifm_eps:g}_seed{config.seed}")
+                                      f"_eps{config.loss.epsilon:g}_seed{config.seed}")

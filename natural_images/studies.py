@@ -51,7 +51,7 @@ from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.contrastive import info_nce_from_similarities
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from natural_images import study_plots
 from natural_images.augment import TwoViews, train_transform
@@ -72,8 +72,8 @@ SCALES = ("small", "paper")
 DATASETS = ("trifeature", "digits-standin", "stl-digits")
 STUDY_CONFIG_DIR = cfg.CONFIG_DIR / "vision" / "studies"
 # Short names of swept VisionConfig fields in run ids and result columns.
-SHORT = {"loss.temperature": "tau", "loss.hcl_beta": "beta", "loss.tau_plus": "tauplus", "loss.ifm_eps": "eps",
-         "loss.ifm_alpha": "alpha"}
+SHORT = {"loss.temperature": "tau", "loss.hcl_beta": "beta", "loss.tau_plus": "tauplus", "loss.epsilon": "eps",
+         "loss.alpha": "alpha"}
 # Study fields that may change between invocations on one study folder (where data lives, loader processes).
 RUNTIME_FIELDS = ("run.data.root", "run.data.workers", "digits.raw_root")
 RESULT_COLUMNS = ("run_id", "seed", "dataset", "temperature", "hcl_beta", "tau_plus", "ifm_eps", "ifm_alpha",
@@ -269,7 +269,7 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     row: dict[str, Any] = {
         "run_id": plan.run_id, "seed": config.seed, "dataset": config.data.dataset,
         "temperature": config.loss.temperature, "hcl_beta": config.loss.hcl_beta, "tau_plus": config.loss.tau_plus,
-        "ifm_eps": config.loss.ifm_eps, "ifm_alpha": config.loss.ifm_alpha, "epochs": config.epochs,
+        "ifm_eps": config.loss.epsilon, "ifm_alpha": config.loss.alpha, "epochs": config.epochs,
         "arch": config.model.arch, "image_size": image_sizes(config.data)[0], "train_loss": summary.get("loss"),
         "final_loss": loss, "wall_s": round(time.time() - started, 1),
     }

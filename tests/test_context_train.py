@@ -14,7 +14,7 @@ import pytest
 from copd_ifm.cli import main
 from copd_ifm.context import train as T
 from copd_ifm.context.train import pretrain, resolve_pretrain_config
-from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.extract import extract_features
 from copd_ifm.evaluation.features import read_feature_sets
@@ -59,14 +59,15 @@ def test_resume_reproduces_uninterrupted_run(tiny_cohort, tmp_path, monkeypatch)
         pretrain(tiny_cohort, cfg, tmp_path / "killed")
     monkeypatch.setattr(Checkpointer, "save", original)
     resumed = _history(pretrain(tiny_cohort, cfg, tmp_path / "killed", resume=True))
-    assert len(resumed) == 1 and resumed[0]["epoch"] == 2
+    # summary.json keeps the whole history: epoch 1 from the killed session, epoch 2 from the resumed one.
+    assert [h["epoch"] for h in resumed] == [1, 2]
     for key in ("patch_loss", "patch_acc", "graph_loss", "graph_acc"):
-        assert resumed[0][key] == full[1][key], key
+        assert resumed[1][key] == full[1][key], key
 
 
 def test_ifm_at_epsilon_zero_equals_baseline(tiny_cohort, tmp_path):
     base = _history(pretrain(tiny_cohort, _cfg(tiny_cohort, "baseline", ["schedule.epochs=1"]), tmp_path / "b"))
-    ifm0 = _history(pretrain(tiny_cohort, _cfg(tiny_cohort, "ifm", ["schedule.epochs=1", "ifm.epsilon=0"]),
+    ifm0 = _history(pretrain(tiny_cohort, _cfg(tiny_cohort, "ifm", ["schedule.epochs=1", "loss.epsilon=0"]),
                              tmp_path / "i"))
     for key in ("patch_loss", "graph_loss"):
         assert np.isclose(base[0][key], ifm0[0][key], rtol=1e-6), key

@@ -81,13 +81,13 @@ def test_key_encoder_starts_as_copy_and_lags_behind():
 def test_metrics_logger_drops_rows_after_the_resumed_checkpoint(tmp_path):
     import csv
 
-    from copd_ifm.contrastive.training import MetricsLogger
+    from copd_ifm.contrastive.metrics import MetricsLogger
 
     first = MetricsLogger(tmp_path, enabled=True)
     for step in range(1, 6):
         first.log(step, loss=1.0 / step)
     first.close()
-    resumed = MetricsLogger(tmp_path, enabled=True, resume_step=3)
+    resumed = MetricsLogger(tmp_path, start_step=3, enabled=True)
     resumed.log(4, loss=0.5)
     resumed.close()
     with (tmp_path / "metrics.csv").open(encoding="utf-8") as fh:

@@ -27,7 +27,7 @@ def test_study_configs_plan_the_papers_grids():
     plans = st.plan_runs(ifm)
     assert len(plans) == 18
     configs = [st.run_config(ifm, p) for p in plans]
-    assert {(c.loss.temperature, c.loss.ifm_eps, c.seed) for c in configs} == {
+    assert {(c.loss.temperature, c.loss.epsilon, c.seed) for c in configs} == {
         (t, e, s) for t in (0.05, 0.2, 0.5) for e in (0.0, 0.1) for s in range(3)}
     assert all(c.model.arch == "resnet18" and c.epochs == 200 and c.data.crop_size == 128 for c in configs)
     small = st.run_config(st.load_study_config("ifm", "small"), plans[0])
@@ -113,7 +113,7 @@ def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, on
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
     study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text(encoding="utf-8"))
     study.update(dataset="digits-standin", seeds=1, loss_batches=2,
-                 sweeps=[{"loss.temperature": [0.5], "loss.ifm_eps": [0.0, 0.1]}])
+                 sweeps=[{"loss.temperature": [0.5], "loss.epsilon": [0.0, 0.1]}])
     study["digits"].update(size=16, n_train=48, n_test=24)
     study["run"].update(epochs=1, batch_size=16, log_every=1)
     study["run"]["data"].update(workers=0)
@@ -178,7 +178,7 @@ def test_a_crashed_run_is_logged_the_others_finish_and_the_command_fails(tmp_pat
         if len(calls) == 1:
             raise RuntimeError("loss is NaN")
         row = {"run_id": plan.run_id, "seed": 0, "temperature": dict(plan.values)["loss.temperature"],
-               "ifm_eps": dict(plan.values)["loss.ifm_eps"], "final_loss": 5.0, "acc_color": 90.0}
+               "ifm_eps": dict(plan.values)["loss.epsilon"], "final_loss": 5.0, "acc_color": 90.0}
         path = out / "runs" / plan.run_id / "result.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(row), encoding="utf-8")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from copd_ifm import config as cfg
 from copd_ifm.cli import main
-from copd_ifm.contrastive.training import Checkpointer
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from natural_images.config import DataConfig, VisionConfig, load_vision_config
 from natural_images.datasets import build_dataset, image_sizes, imagenet100_classes, label_names
@@ -213,7 +213,7 @@ def test_cli_pretrain_and_linear_on_cifar10(tmp_path, capsys):
                  "--ifm-eps", "0.1", "--epochs", "1", "--out", str(run)])
     assert code == 0
     saved = cfg.read_yaml(run / "config.yaml")
-    assert saved["loss"]["ifm_eps"] == 0.1 and saved["epochs"] == 1 and saved["data"]["dataset"] == "cifar10"
+    assert saved["loss"]["epsilon"] == 0.1 and saved["epochs"] == 1 and saved["data"]["dataset"] == "cifar10"
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["status"] == "done" and summary["epochs_done"] == 1 and 0 <= summary["knn_top1"]["class"] <= 100
     assert np.isfinite(summary["loss"]) and (run / "curves.png").stat().st_size > 0
@@ -254,7 +254,7 @@ def test_pretrain_and_linear_on_each_format(tmp_path, dataset, method, writer, n
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "data")
-    config = _tiny(tmp_path / "data", "cifar10", "moco", **{"loss.ifm_eps": 0.1, "knn.every": 0})
+    config = _tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.1, "knn.every": 0})
     pretrain(config, tmp_path / "full")
 
     class Killed(Exception):
@@ -271,8 +271,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
         pretrain(config, tmp_path / "killed")
     monkeypatch.setattr(Checkpointer, "save", real_save)
     assert Checkpointer(tmp_path / "killed").load()["epoch"] == 1
-    with pytest.raises(UserError, match="loss.ifm_eps differs"):
-        pretrain(_tiny(tmp_path / "data", "cifar10", "moco", **{"loss.ifm_eps": 0.2, "knn.every": 0}),
+    with pytest.raises(UserError, match="loss.epsilon: saved 0.1, given 0.2"):
+        pretrain(_tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.2, "knn.every": 0}),
                  tmp_path / "killed", resume=True)
     pretrain(config, tmp_path / "killed", resume=True)
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from copd_ifm.contrastive import ContrastiveLoss
-from copd_ifm.contrastive.training import OptimConfig
+from copd_ifm.contrastive.optim import OptimConfig
 from natural_images.augment import TwoViews, blur_kernel, eval_transform, train_transform
 from natural_images.backbones import build_backbone, resolve_stem
 from natural_images.config import AugmentConfig, LinearConfig

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from copd_ifm.contrastive.training import OptimConfig
+from copd_ifm.contrastive.losses import LossConfig
+from copd_ifm.contrastive.optim import OptimConfig
 
 
 @dataclass
@@ -30,29 +31,14 @@ class ModelConfig:
 class MoCoSettings:
     """MoCo-v2 at both levels."""
 
-    temperature: float = 0.2
     momentum: float = 0.999
     patch_queue: int = 4096       # keys per landmark queue
     graph_queue: int = 4096       # keys in the subject queue
     per_landmark_queue: bool = True  # False: one shared patch queue
 
     def validate(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"moco.temperature must be > 0, got {self.temperature}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"moco.momentum must be in [0, 1), got {self.momentum}")
-
-
-@dataclass
-class IFMSettings:
-    """Implicit feature modification: ε = 0 is the baseline."""
-
-    epsilon: float = 0.1
-    alpha: float = 1.0
-
-    def validate(self) -> None:
-        if self.epsilon < 0:
-            raise ValueError(f"ifm.epsilon must be >= 0, got {self.epsilon}")
 
 
 @dataclass
@@ -109,7 +95,7 @@ class PretrainConfig:
     workers: int = 2                # data-loading processes
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MoCoSettings = field(default_factory=MoCoSettings)
-    ifm: IFMSettings = field(default_factory=IFMSettings)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(temperature=0.2, epsilon=0.1))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

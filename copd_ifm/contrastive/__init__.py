@@ -4,6 +4,7 @@
 """
 from copd_ifm.contrastive.losses import (
     ContrastiveLoss,
+    LossConfig,
     hard_negative_from_similarities,
     ifm_loss,
     ifm_objective,
@@ -18,7 +19,7 @@ from copd_ifm.contrastive.losses import (
 from copd_ifm.contrastive.moco import MoCo, MoCoOutput, projection_head
 
 __all__ = [
-    "ContrastiveLoss", "MoCo", "MoCoOutput", "hard_negative_from_similarities", "ifm_loss", "ifm_objective",
+    "ContrastiveLoss", "LossConfig", "MoCo", "MoCoOutput", "hard_negative_from_similarities", "ifm_loss", "ifm_objective",
     "info_nce", "info_nce_from_similarities", "instance_accuracy", "nt_xent", "perturb", "projection_head",
     "simclr_similarities", "similarities",
 ]

@@ -128,3 +128,18 @@ def print0(*args: object, **kwargs: object) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+#: Buffers that every rank keeps identical by construction (MoCo queues are filled with gathered keys),
+#: so DistributedDataParallel must not broadcast them each step (575 queues × 4096 × 128 floats ≈ 1.2 GB).
+LOCAL_BUFFERS = ("queue", "queue_ptr")
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel when distributed (else itself), queues excluded from broadcasts."""
+    if not is_distributed():
+        return module
+    ignored = [name for name, _ in module.named_buffers() if name.rsplit(".", 1)[-1] in LOCAL_BUFFERS]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -18,6 +18,7 @@ and the encoder is trained on ``(L + α·L_ε) / 2`` (α = 1 by default).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +206,10 @@ class ContrastiveLoss(nn.Module):
         self.temperature, self.epsilon, self.alpha = temperature, epsilon, alpha
         self.beta, self.tau_plus = beta, tau_plus
 
+    @classmethod
+    def from_config(cls, cfg: "LossConfig") -> "ContrastiveLoss":
+        return cls(cfg.temperature, cfg.epsilon, cfg.alpha, cfg.hcl_beta, cfg.tau_plus)
+
     def forward(self, pos: Tensor, neg: Tensor) -> Tensor:
         if self.epsilon == 0:
             if self.beta == 0 and self.tau_plus == 0:
@@ -215,3 +220,24 @@ class ContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, epsilon={self.epsilon}, alpha={self.alpha}, "
                 f"beta={self.beta}, tau_plus={self.tau_plus}")
+
+
+@dataclass
+class LossConfig:
+    """The ``loss:`` section of every pretraining config, CT and vision alike (ε = 0 is the baseline)."""
+
+    temperature: float = 0.2     # τ, dividing the cosines
+    epsilon: float = 0.0         # IFM budget ε on the cosines
+    alpha: float = 1.0           # weight of L_ε in (L + α·L_ε)/2
+    hcl_beta: float = 0.0        # hard-negative concentration β (0: uniform negatives)
+    tau_plus: float = 0.0        # positive-class prior τ⁺ of the debiased estimator
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
+        if self.epsilon < 0:
+            raise ValueError(f"loss.epsilon must be >= 0 (0 is the baseline), got {self.epsilon}")
+        if self.alpha < 0:
+            raise ValueError(f"loss.alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.tau_plus < 1:
+            raise ValueError(f"loss.tau_plus must be in [0, 1), got {self.tau_plus}")

@@ -55,5 +55,5 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
     table.insert(0, "sid", store.sids)
     out = Path(out) if out else run_dir / FEATURES_FILE
     meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
-            "ifm_epsilon": cfg.ifm.epsilon, "store": str(cohort.store_path)}
+            "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}
     return write_features(out, table, meta)
