@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pytest
@@ -112,3 +113,37 @@ def test_resolve_cohort_by_name_yaml_and_csv(tmp_path, monkeypatch):
         resolve_cohort("nonexistent")
     with pytest.raises(UserError, match="spacing_mm"):
         resolve_cohort("demo", overrides=["spacing_mm=50"])
+
+
+def _readme_commands(stage: str) -> list[str]:
+    """The README's `copd-ifm STAGE --cohort copdgene …` command lines, split into arguments."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if line.startswith(f"copd-ifm {stage} ") and "copdgene" in line]
+    assert lines, f"README has no copdgene {stage} command"
+    return shlex.split(lines[0])[1:]
+
+
+def test_readme_copdgene_commands_run_verbatim(tiny_cohort, tmp_path, monkeypatch):
+    """The README's COPDGene preprocess and pretrain commands, with only the manifest path swapped for a small
+    synthetic one and settings appended that make them fast; both reach the cohort through --set cohort.…"""
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    manifest = str(tiny_cohort.manifest_path)
+    small = ["--set", "cohort.spacing_mm=4", "--set", "cohort.patch_size=8", "--set", "cohort.landmark_step_mm=40"]
+
+    def readme(stage: str) -> list[str]:
+        args = [a.replace("/data/copdgene/manifest.csv", manifest) for a in _readme_commands(stage)]
+        assert f"cohort.manifest={manifest}" in args
+        return [a if a != "16" else "1" for a in args]  # --workers 16 → 1 on a test machine
+
+    assert main([*readme("preprocess"), *small]) == 0
+    fast = [a for o in ["model.channels=[4, 8]", "model.feat_dim=16", "model.embed_dim=16", "moco.patch_queue=16",
+                        "moco.graph_queue=8", "schedule.epochs=1", "schedule.patch_batch=4", "schedule.graph_batch=4",
+                        "schedule.landmarks_per_epoch=2", "schedule.graph_subepochs=1",
+                        "schedule.graph_views=feature", "workers=0", "device=cpu"] for a in ("--set", o)]
+    run = tmp_path / "run"
+    assert main([*readme("pretrain"), *small, *fast, "--out", str(run)]) == 0
+    saved = cfg.read_yaml(run / "config.yaml")
+    assert saved["cohort"]["name"] == "copdgene" and saved["cohort"]["manifest"] == manifest
+    assert saved["pretrain"]["loss"]["epsilon"] == 0.1 and saved["pretrain"]["name"] == "ifm"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from copd_ifm.cli import main
 from copd_ifm.context import train as T
@@ -113,3 +114,38 @@ def test_two_process_gloo_pretraining(tiny_cohort, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and np.isfinite(summary["history"][0]["patch_loss"])
+
+
+def test_resume_uses_the_saved_config_and_refuses_drift(tiny_cohort, tmp_path, capsys):
+    run = pretrain(tiny_cohort, _cfg(tiny_cohort, extra=["schedule.epochs=1"]), tmp_path / "run")
+    saved = (run / "config.yaml").read_bytes()
+    capsys.readouterr()  # drop the training run's progress bars
+    code = main(["pretrain", "--out", str(run), "--resume", "--ifm-eps", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "loss.epsilon: saved 0.1, given 0.5" in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "config.yaml").read_bytes() == saved  # provenance untouched
+    code = main(["pretrain", "--out", str(run), "--resume", "--epochs", "2"])
+    assert code == 2 and "schedule.epochs: saved 1, given 2" in capsys.readouterr().err
+    # --extend: the same run trained on to 2 epochs, its saved config says so.
+    assert main(["pretrain", "--out", str(run), "--extend", "--epochs", "2"]) == 0
+    assert [h["epoch"] for h in _history(run)] == [1, 2]
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["pretrain"]["schedule"]["epochs"] == 2
+
+
+def test_checkpoint_with_code_is_refused_and_runs_nothing(tiny_cohort, tmp_path):
+    import pickle
+    import torch
+
+    run = pretrain(tiny_cohort, _cfg(tiny_cohort, extra=["schedule.epochs=1"]), tmp_path / "run")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"model": Payload()}, run / "checkpoint.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(UserError, match="refused"):
+        Checkpointer(run).load()
+    with pytest.raises(UserError, match="refused"):
+        extract_features(run, device="cpu", workers=0)
+    assert not marker.exists()

@@ -93,3 +93,21 @@ def test_metrics_logger_drops_rows_after_the_resumed_checkpoint(tmp_path):
     with (tmp_path / "metrics.csv").open(encoding="utf-8") as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == [1, 2, 3, 4]
+
+
+def test_metrics_logger_drops_rows_of_a_run_that_died_before_its_first_checkpoint(tmp_path):
+    import csv
+
+    from copd_ifm.contrastive.metrics import MetricsLogger
+
+    dead = MetricsLogger(tmp_path, enabled=True)
+    for step in range(1, 4):
+        dead.log(step, loss=1.0)
+    dead.close()
+    fresh = MetricsLogger(tmp_path, enabled=True)  # a new run in the same folder starts at step 0
+    for step in range(1, 3):
+        fresh.log(step, loss=0.5)
+    fresh.close()
+    with (tmp_path / "metrics.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2] and {r["value"] for r in rows} == {"0.5"}
