@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU: all-gather, shuffle-BN round trip, identical weights after a DDP step."""
+"""Two gloo processes on CPU: all-gather, shuffle-BN round trip, identical weights and queues after DDP steps,
+queues kept out of DDP's buffer broadcasts."""
 from __future__ import annotations
 
 import os
@@ -54,6 +55,24 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     # Parameters and queues must agree; BN running statistics are rank-local by design.
     result["state"] = {k: v.detach().clone() for k, v in model.module.named_parameters()}
     result["state"].update(queue=model.module.queue.clone(), queue_ptr=model.module.queue_ptr.clone())
+
+    # D.wrap_ddp: over several steps parameters and queues stay identical, and the queues are never broadcast
+    # (a rank-local mark in the unused queue 1 survives the steps; DDP's default would overwrite it with rank 0's).
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU())
+    moco = MoCo(encoder, 8, dim=4, queue_size=32, momentum=0.9, num_queues=2)
+    moco.queue[1, 0, 0] = float(rank)
+    wrapped = D.wrap_ddp(moco, info.device)
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    torch.manual_seed(10 + rank)
+    for _ in range(3):
+        out = wrapped((torch.randn(4, 5),), (torch.randn(4, 5),), queue_id=0)
+        opt.zero_grad()
+        ContrastiveLoss(0.2, epsilon=0.1)(out.pos, out.neg).backward()
+        opt.step()
+    result["wrapped"] = {k: v.detach().clone() for k, v in moco.named_parameters()}
+    result["wrapped"].update(queue0=moco.queue[0].clone(), queue_ptr=moco.queue_ptr.clone())
+    result["local_mark"] = float(moco.queue[1, 0, 0])
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     D.cleanup()
@@ -71,3 +90,7 @@ def test_two_process_gloo(tmp_path):
         assert torch.equal(value, r1["state"][key]), key
     # Both ranks enqueued the gathered keys of both ranks: 8 keys.
     assert int(r0["state"]["queue_ptr"][0]) == 8
+    for key, value in r0["wrapped"].items():
+        assert torch.equal(value, r1["wrapped"][key]), key
+    assert int(r0["wrapped"]["queue_ptr"][0]) == 3 * 8
+    assert (r0["local_mark"], r1["local_mark"]) == (0.0, 1.0)
