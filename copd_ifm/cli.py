@@ -222,6 +222,38 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.2,1.0, got {text!r}") from None
+
+
+def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natural_images.visualize import visualize_ifm
+
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    result = visualize_ifm(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} "
+          f"(bank of {result['bank_size']} training images): {out / 'ifm_neighbours.png'}")
+    return 0
+
+
+def cmd_vision_robust(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natural_images.robust import robust_features
+
+    out = Path(args.out) if args.out else Path(args.run) / "robust"
+    r = robust_features(args.run, args.fgsm_eps, args.max_steps, out, device=args.device, seed=args.seed)
+    print(f"clean test top-1: D {r['D']:.2f}%, D_R {r['D_R']:.2f}%, D_NR {r['D_NR']:.2f}% "
+          f"({r['flipped']} of {r['train_size']} examples flipped, {r['not_flipped']} never did)")
+    print(f"results: {out / 'robust.json'}, robust.csv, robust_examples.csv, robust.png")
+    return 0
+
+
 def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
     from natural_images.config import DataConfig
     from natural_images.trifeature import TrifeatureSpec, make_trifeature
@@ -358,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
-    """``copd-ifm vision pretrain | linear | make-trifeature | make-digits | study``."""
+    """``copd-ifm vision pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
     p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=_fmt,
                         description="Unset flags keep the config's value. Runs under torchrun for DDP "
                                     "(--batch-size is the global batch).")
@@ -403,6 +435,28 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_vision_linear)
+
+    p = vsub.add_parser("visualize-ifm", help="nearest training images to IFM-perturbed keys (paper Fig. 4)",
+                        formatter_class=_fmt)
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--eps", type=_floats, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
+    p.add_argument("--anchors", type=_workers, default=4, help="anchor images (evenly spaced over the train split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
+    p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _common(p)
+    p.set_defaults(func=cmd_vision_visualize_ifm)
+
+    p = vsub.add_parser("robust", help="robust vs non-robust features: probes on D, D_R, D_NR (paper Fig. 8)",
+                        formatter_class=_fmt)
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--fgsm-eps", type=float, default=0.01, help="FGSM step in pixel units of [0, 1] images")
+    p.add_argument("--max-steps", type=_workers, default=20, help="FGSM steps before an example counts as unflipped")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random targets t != y")
+    p.add_argument("--out", default=None, help="folder for robust.json/.csv/.png; unset: RUN/robust")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _common(p)
+    p.set_defaults(func=cmd_vision_robust)
 
     p = vsub.add_parser("make-trifeature", help="generate the Trifeature dataset", formatter_class=_fmt)
     p.add_argument("--out", default=None,
