@@ -224,20 +224,26 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.1,0.2,1.0, got {text!r}") from None
+        values = [-1.0]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 such as 0.1,0.2,1.0, got {text!r}")
+    return values
 
 
 def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours, is_context_run
     from natural_images.visualize import visualize_ifm
 
     out = Path(args.out) if args.out else Path(args.run) / "ifm"
-    result = visualize_ifm(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
-    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} "
-          f"(bank of {result['bank_size']} training images): {out / 'ifm_neighbours.png'}")
+    ct = is_context_run(args.run)
+    draw = ct_ifm_neighbours if ct else visualize_ifm
+    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
+          f"{result['bank_size']} {'subjects' if ct else 'training images'}): {out / 'ifm_neighbours.png'}")
     return 0
 
 
@@ -438,9 +444,9 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
 
     p = vsub.add_parser("visualize-ifm", help="nearest training images to IFM-perturbed keys (paper Fig. 4)",
                         formatter_class=_fmt)
-    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--run", required=True, help="run folder of 'vision pretrain', or of 'pretrain' (CT: subjects)")
     p.add_argument("--eps", type=_floats, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
-    p.add_argument("--anchors", type=_workers, default=4, help="anchor images (evenly spaced over the train split)")
+    p.add_argument("--anchors", type=_workers, default=4, help="anchors, evenly spaced over the train split (CT: store)")
     p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
     p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")

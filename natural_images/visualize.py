@@ -14,8 +14,10 @@ and for each ε (0 always included) the 1-nearest bank image by cosine of
 neighbours are ``v⁺`` and ``v⁻`` themselves (cosine 1 to themselves) unless the
 bank holds an identical embedding. ``DIR/ifm_neighbours.png``: two rows per
 anchor (``v⁺ − εv``, ``v⁻ + εv``), the anchor view first, then one column per ε,
-each neighbour captioned with its cosine to the anchor ``v``;
-``DIR/ifm_neighbours.json``: the same numbers and bank indices.
+each neighbour captioned with its cosine to the anchor ``v``
+(:func:`copd_ifm.evaluation.neighbours.plot_neighbour_grid`);
+``DIR/ifm_neighbours.json``: the same numbers and bank indices. The CT variant
+is :func:`copd_ifm.evaluation.neighbours.ct_ifm_neighbours`.
 """
 from __future__ import annotations
 
@@ -26,13 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
+from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, with_zero
 from copd_ifm.errors import UserError
+from copd_ifm.evaluation.neighbours import plot_neighbour_grid
 from natural_images.augment import eval_transform, train_transform
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes
 from natural_images.features import extract_features
@@ -51,25 +53,6 @@ class Projection(nn.Module):
         return self.model.project(x)
 
 
-@torch.no_grad()
-def perturbed_neighbours(anchor: Tensor, positive: Tensor, negative: Tensor, bank: Tensor,
-                         eps: Sequence[float]) -> dict[str, Tensor]:
-    """1-NN by cosine in ``bank`` ``[N, D]`` of ``v⁺ − εv`` and ``v⁻ + εv`` for anchors ``v`` ``[A, D]``.
-
-    ``positive``, ``negative``: ``[A, D]``; all rows unit vectors. Returns bank
-    indices ``pos_index``/``neg_index`` ``[A, E]`` (one column per ε) and the
-    cosine of each retrieved bank item to its anchor, ``pos_cos``/``neg_cos`` ``[A, E]``.
-    """
-    bank_n = F.normalize(bank, dim=1)
-    out: dict[str, list[Tensor]] = {"pos_index": [], "neg_index": [], "pos_cos": [], "neg_cos": []}
-    for e in eps:
-        for name, key in (("pos", positive - e * anchor), ("neg", negative + e * anchor)):
-            index = (F.normalize(key, dim=1) @ bank_n.T).argmax(1)
-            out[f"{name}_index"].append(index)
-            out[f"{name}_cos"].append((bank_n[index] * anchor).sum(1))
-    return {name: torch.stack(cols, 1).cpu() for name, cols in out.items()}
-
-
 def visualize_ifm(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0), anchors: int = 4,
                   out: str | Path | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Neighbour grid of a vision run (see module doc); writes ``OUT/ifm_neighbours.{png,json}``.
@@ -78,9 +61,9 @@ def visualize_ifm(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0), a
     ``anchors`` evenly spaced training images are used; the anchor views and
     negatives are drawn with ``seed``. Returns the JSON content.
     """
-    if anchors < 1 or any(e < 0 for e in eps):
-        raise UserError(f"--anchors must be >= 1 and --eps values >= 0, got {anchors} and {list(eps)}")
-    eps = [0.0] + sorted(set(float(e) for e in eps) - {0.0})
+    if anchors < 1:
+        raise UserError(f"--anchors must be >= 1, got {anchors}")
+    eps = with_zero(eps)
     dev = D.init_from_env(device).device
     try:
         return _visualize(Path(run_dir), eps, anchors, Path(out) if out else Path(run_dir) / "ifm", dev, seed)
@@ -101,9 +84,7 @@ def _visualize(run_dir: Path, eps: list[float], anchors: int, folder: Path, dev:
         raise UserError(f"{run_dir}: the training split has {n} image(s); the bank needs at least 2")
     bank, _ = extract_features(Projection(model), bank_set, batch_size=run_cfg.linear.batch_size,
                                workers=data.workers, device=dev, desc="memory bank")
-    gen = torch.Generator().manual_seed(seed)
-    index = torch.linspace(0, n - 1, min(anchors, n)).round().long().unique()
-    others = (index + torch.randint(1, n, (len(index),), generator=gen)) % n  # j ≠ i
+    index, others = pick_anchors(n, anchors, seed)
     augment = train_transform(run_cfg.augment, run_cfg.method, crop, spec.mean, spec.std)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -115,7 +96,10 @@ def _visualize(run_dir: Path, eps: list[float], anchors: int, folder: Path, dev:
               "bank_size": n, "eps": eps, "anchor_index": index.tolist(), "negative_index": others.tolist(),
               **{k: v.tolist() for k, v in found.items()}}
     files.atomic_write_text(folder / "ifm_neighbours.json", json.dumps(result, indent=2) + "\n")
-    plot_neighbours(views, bank_set, found, eps, spec.mean, spec.std, folder / "ifm_neighbours.png")
+    plot_neighbour_grid([_picture(v, spec.mean, spec.std) for v in views],
+                        lambda i: _picture(bank_set[i][0], spec.mean, spec.std), found, eps,
+                        folder / "ifm_neighbours.png", "Nearest training images to IFM-perturbed keys "
+                                                       "(cosine to the anchor)")
     return result
 
 
@@ -123,28 +107,3 @@ def _picture(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.n
     """Normalised ``[3, H, W]`` → displayable ``[H, W, 3]`` in [0, 1]."""
     rgb = image.cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return rgb.clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def plot_neighbours(views: Tensor, bank_set: Any, found: dict[str, Tensor], eps: Sequence[float],
-                    mean: Sequence[float], std: Sequence[float], path: Path) -> None:
-    """The grid: per anchor a ``v⁺ − εv`` row and a ``v⁻ + εv`` row; anchor view, then one column per ε."""
-    rows, cols = 2 * len(views), len(eps) + 1
-    fig = Figure(figsize=(1.6 * cols, 1.75 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for a, view in enumerate(views):
-        for r, (name, label) in enumerate((("pos", "v⁺ − εv"), ("neg", "v⁻ + εv"))):
-            row = axes[2 * a + r]
-            row[0].imshow(_picture(view, mean, std))
-            row[0].set_title(f"anchor {a}" if r == 0 else "", fontsize=8)
-            row[0].set_ylabel(label, fontsize=8)
-            for c, e in enumerate(eps, start=1):
-                item = int(found[f"{name}_index"][a, c - 1])
-                row[c].imshow(_picture(bank_set[item][0], mean, std))
-                if 2 * a + r == 0:
-                    row[c].set_title(f"ε = {e:g}", fontsize=8)
-                row[c].set_xlabel(f"cos {float(found[f'{name}_cos'][a, c - 1]):.2f}", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("Nearest training images to IFM-perturbed keys (cosine to the anchor)", fontsize=9)
-    files.save_figure(fig, path, dpi=120)

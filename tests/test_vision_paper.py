@@ -15,6 +15,7 @@ import torchvision
 from PIL import Image
 
 from copd_ifm.cli import main
+from copd_ifm.contrastive.neighbours import perturbed_neighbours
 from natural_images.augment import eval_transform, train_transform
 from natural_images.config import load_vision_config
 from natural_images.datasets import build_dataset, dataset_spec
@@ -23,7 +24,6 @@ from natural_images.linear import fit_linear, linear_readout
 from natural_images.robust import fgsm_to_target, random_targets
 from natural_images.run import load_encoder, load_model
 from natural_images.train import pretrain
-from natural_images.visualize import perturbed_neighbours
 
 
 @pytest.fixture(scope="module")
