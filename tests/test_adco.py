@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from copd_ifm import config as cfg
+from copd_ifm.errors import UserError
 from natural_images.config import VisionConfig
 from natural_images.methods import AdCo, MoCoV2, adco_negative_step, build_model
 
@@ -79,7 +80,7 @@ def test_config_builds_adco_with_k_by_dim_more_parameters_than_moco_v2():
     assert isinstance(adco, AdCo) and type(moco) is MoCoV2
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(adco) - count(moco) == 4096 * 128
-    with pytest.raises(Exception, match="tau_neg"):
+    with pytest.raises(UserError, match="tau_neg"):
         cfg.from_dict(VisionConfig, {"method": "adco", "adco": {"tau_neg": 0}})
 
 
