@@ -18,7 +18,8 @@ from copd_ifm.evaluation.neighbours import is_context_run
 FAST = ["model.channels=[4, 8]", "model.feat_dim=16", "model.embed_dim=16", "moco.patch_queue=16",
         "moco.graph_queue=8", "moco.momentum=0.9", "schedule.patch_batch=4", "schedule.graph_batch=4",
         "schedule.landmarks_per_epoch=6", "schedule.graph_subepochs=1", "schedule.graph_views=feature",
-        "workers=0", "device=cpu", "log_every=1", "optim.lr=0.05", "schedule.epochs=1"]
+        "workers=0", "device=cpu", "log_every=1", "optim.lr=0.05", "schedule.epochs=1",
+        "schedule.patch_level=false"]  # the graph level alone: the grid reads only its query branch
 
 
 def test_ct_neighbour_grid_retrieves_the_subject_itself_at_eps_zero(tiny_cohort, tmp_path, capsys):
