@@ -46,7 +46,7 @@ from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.errors import UserError
 from natural_images.augment import eval_transform
-from natural_images.datasets import as_label_matrix, build_dataset, dataset_spec, image_sizes, label_names
+from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names
 from natural_images.features import extract_features
 from natural_images.linear import fit_linear
 from natural_images.run import load_encoder
