@@ -17,7 +17,6 @@ import torch
 
 from copd_ifm import config as cfg
 from copd_ifm.contrastive import ContrastiveLoss
-from copd_ifm.contrastive.training import autocast, grad_scaler, optimizer_step
 from natural_images.config import VisionConfig
 from natural_images.methods import AdCo, adco_negative_step, build_model
 
@@ -36,23 +35,27 @@ def bench(device: torch.device, steps: int, batch: int, size: int) -> dict[str, 
         model = build_model(config, size).to(device)
         params = model.encoder_parameters() if isinstance(model, AdCo) else model.parameters()
         models[method], optims[method] = model, torch.optim.SGD(params, lr=0.03, momentum=0.9)
-    scaler = grad_scaler(device, True)
+    cuda = device.type == "cuda"  # float16 autocast and loss scaling on CUDA only, as the training loop does
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda)
     criterion = ContrastiveLoss(0.2)
     x1, x2 = (torch.randn(batch, 3, size, size, device=device) for _ in range(2))
     times: dict[str, list[float]] = {"moco": [], "adco": []}
     for i in range(2 * steps + 4):
         method = "moco" if i % 2 == 0 else "adco"
         model = models[method]
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with autocast(device, True):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             pos, neg = model(x1, x2)
             loss = criterion(pos, neg)
         if isinstance(model, AdCo):
             adco_negative_step(model, pos, neg, lr_neg=3.0, tau_neg=0.02)
-        optimizer_step(loss, optims[method], scaler)
-        if device.type == "cuda":
+        optims[method].zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optims[method])
+        scaler.update()
+        if cuda:
             torch.cuda.synchronize()
         if i >= 4:  # warm-up steps are not timed
             times[method].append(time.perf_counter() - start)
