@@ -1,8 +1,8 @@
 """AdCo vs MoCo-v2: parameter count and training-step time, steps of the two models interleaved in one run.
 
 Both are built from the project's configs (``build_model``): ResNet-18 (CIFAR stem), dim 128, K = 4096
-(MoCo-v2's queue is a buffer, AdCo's bank a parameter). An AdCo step is the order NOTES prescribes:
-forward → encoder loss → ``adco_negative_step`` → encoder backward + step. Prints the parameter counts,
+(MoCo-v2's queue is a buffer, AdCo's bank a parameter). An AdCo step: forward → encoder loss →
+encoder backward + step → ``adco_negative_step`` (the engine loop's ``after_step``). Prints the parameter counts,
 the median step times and the ratio AdCo / MoCo-v2. CPU always; CUDA (AMP) when available.
 
     python benchmarks/adco.py [--steps 20] [--batch 32] [--size 32]
@@ -33,8 +33,8 @@ def bench(device: torch.device, steps: int, batch: int, size: int) -> dict[str, 
         config = cfg.from_dict(VisionConfig, {"method": method, "moco": {"dim": 128, "queue_size": 4096},
                                               "adco": {"n_negatives": 4096}})
         model = build_model(config, size).to(device)
-        params = model.encoder_parameters() if isinstance(model, AdCo) else model.parameters()
-        models[method], optims[method] = model, torch.optim.SGD(params, lr=0.03, momentum=0.9)
+        trained = [p for p in model.parameters() if p.requires_grad]  # AdCo's bank is not among them
+        models[method], optims[method] = model, torch.optim.SGD(trained, lr=0.03, momentum=0.9)
     cuda = device.type == "cuda"  # float16 autocast and loss scaling on CUDA only, as the training loop does
     scaler = torch.amp.GradScaler(device.type, enabled=cuda)
     criterion = ContrastiveLoss(0.2)
@@ -49,12 +49,12 @@ def bench(device: torch.device, steps: int, batch: int, size: int) -> dict[str, 
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
             pos, neg = model(x1, x2)
             loss = criterion(pos, neg)
-        if isinstance(model, AdCo):
-            adco_negative_step(model, pos, neg, lr_neg=3.0, tau_neg=0.02)
         optims[method].zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optims[method])
         scaler.update()
+        if isinstance(model, AdCo):  # the engine loop's after_step
+            adco_negative_step(model, pos, lr_neg=3.0, tau_neg=0.02)
         if cuda:
             torch.cuda.synchronize()
         if i >= 4:  # warm-up steps are not timed

@@ -90,46 +90,48 @@ class MoCoV2(nn.Module):
 class AdCo(MoCoV2):
     """``forward(x1, x2)`` → ``pos`` ``[B]`` (query · momentum key) and ``neg`` ``[B, K]`` (query · bank).
 
-    The bank ``negatives`` ``[K, dim]`` is an ``nn.Parameter`` initialised as
-    random unit vectors and normalised on use. It must not be in the encoder's
-    optimiser (:meth:`encoder_parameters`); :func:`adco_negative_step` moves it.
-    MoCo's queue is not used (kept at one slot).
+    The bank ``negatives`` ``[K, dim]`` is an ``nn.Parameter`` (counted and
+    checkpointed) initialised as random unit vectors and normalised on use. It
+    has ``requires_grad=False``: the encoder's loss does not reach it and no
+    optimiser built from the trainable parameters touches it; only
+    :func:`adco_negative_step` moves it. MoCo's queue is not used (kept at one slot).
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, n_negatives: int = 4096,
                  momentum: float = 0.99, mlp: bool = True, shuffle_bn: bool = True) -> None:
         super().__init__(backbone, feat_dim, dim=dim, queue_size=1, momentum=momentum, mlp=mlp,
                          shuffle_bn=shuffle_bn)
-        self.negatives = nn.Parameter(F.normalize(torch.randn(n_negatives, dim), dim=1))
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """Everything the encoder optimiser trains: every parameter with a gradient except the bank."""
-        return [p for p in self.parameters() if p.requires_grad and p is not self.negatives]
+        self.negatives = nn.Parameter(F.normalize(torch.randn(n_negatives, dim), dim=1), requires_grad=False)
+        self.last_query: Tensor | None = None   # [B, dim] queries of the last forward, for the bank's step
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         q = self.project(x1)
         with torch.no_grad():
             self.moco.momentum_update()
             k = self.moco.keys(x2)
+        self.last_query = q.detach()
         return (q * k).sum(1), q @ F.normalize(self.negatives, dim=1).T.to(q.dtype)
 
 
-def adco_negative_step(model: AdCo, pos: Tensor, neg: Tensor, lr_neg: float, tau_neg: float) -> Tensor:
+def adco_negative_step(model: AdCo, pos: Tensor, lr_neg: float, tau_neg: float) -> Tensor:
     """One gradient-ascent step of the bank on InfoNCE at temperature ``tau_neg``; returns that loss.
 
-    ``pos`` ``[N]`` and ``neg`` ``[N, K]`` are this step's ``model(x1, x2)``
-    output. The gradient flows only into ``model.negatives`` (queries and
-    positives are held fixed), is averaged over ranks under DDP, and the bank
-    moves by ``+lr_neg · ∇`` (plain ascent, no momentum or weight decay). Call
-    it after the encoder loss and before its backward: the update goes through
-    ``.data`` so the encoder's backward still sees the graph it was built on; the
-    encoder gradient w.r.t. ``q`` uses the bank values of the forward pass.
+    ``pos`` ``[N]`` is the last ``model(x1, x2)``'s positive cosines; the queries
+    come from that forward (``model.last_query``), so the step may run before or
+    after the encoder's backward and optimiser step (the engine loop's
+    ``after_step``). Queries and positives are held fixed; the loss
+    ``mean −log e^{s⁺/τₙ} / (e^{s⁺/τₙ} + Σₖ e^{q·m̂ₖ/τₙ})`` is differentiated w.r.t. the
+    bank only (in the bank's dtype), averaged over ranks under DDP, and the bank moves by
+    ``+lr_neg · ∇`` (plain ascent: no momentum, no weight decay).
     """
-    bank = model.negatives
-    bank.grad = None  # the encoder's backward of the previous step left a gradient here; it is never used
-    loss = info_nce_from_similarities(pos.detach(), neg, tau_neg)
-    (grad,) = torch.autograd.grad(loss, bank, retain_graph=True)
-    bank.data.add_(D.all_reduce_mean(grad), alpha=lr_neg)
+    if model.last_query is None:
+        raise RuntimeError("adco_negative_step needs a forward pass of the model first")
+    bank = model.negatives.detach().requires_grad_(True)
+    neg = model.last_query.to(bank.dtype) @ F.normalize(bank, dim=1).T  # AMP's float16 queries → the bank's dtype
+    loss = info_nce_from_similarities(pos.detach().to(bank.dtype), neg, tau_neg)
+    (grad,) = torch.autograd.grad(loss, bank)
+    with torch.no_grad():
+        model.negatives.add_(D.all_reduce_mean(grad), alpha=lr_neg)
     return loss.detach()
 
 
