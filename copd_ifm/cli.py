@@ -244,6 +244,44 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = [-1.0]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 such as 0.1,0.2,1.0, got {text!r}")
+    return values
+
+
+def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours, is_context_run
+    from natural_images.visualize import visualize_ifm
+
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    ct = is_context_run(args.run)
+    draw = ct_ifm_neighbours if ct else visualize_ifm
+    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
+          f"{result['bank_size']} {'subjects' if ct else 'training images'}): {out / 'ifm_neighbours.png'}")
+    return 0
+
+
+def cmd_vision_robust(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natural_images.robust import robust_features
+
+    out = Path(args.out) if args.out else Path(args.run) / "robust"
+    r = robust_features(args.run, args.fgsm_eps, args.max_steps, out, device=args.device, seed=args.seed)
+    print(f"clean test top-1: D {r['D']:.2f}%, D_R {r['D_R']:.2f}%, D_NR {r['D_NR']:.2f}% "
+          f"({r['flipped']} of {r['train_size']} examples flipped, {r['not_flipped']} never did)")
+    print(f"results: {out / 'robust.json'}, robust.csv, robust_examples.csv, robust.png")
+    return 0
+
+
 def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
     from natural_images.config import DataConfig
     from natural_images.trifeature import TrifeatureSpec, make_trifeature
@@ -384,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
-    """``copd-ifm vision pretrain | linear | make-trifeature | make-digits | study``."""
+    """``copd-ifm vision pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
     p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=_fmt,
                         description="Unset flags keep the config's value. Runs under torchrun for DDP "
                                     "(--batch-size is the global batch).")
@@ -432,6 +470,28 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_vision_linear)
+
+    p = vsub.add_parser("visualize-ifm", help="nearest training images to IFM-perturbed keys (paper Fig. 4)",
+                        formatter_class=_fmt)
+    p.add_argument("--run", required=True, help="run folder of 'vision pretrain', or of 'pretrain' (CT: subjects)")
+    p.add_argument("--eps", type=_floats, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
+    p.add_argument("--anchors", type=_workers, default=4, help="anchors, evenly spaced over the train split (CT: store)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
+    p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _common(p)
+    p.set_defaults(func=cmd_vision_visualize_ifm)
+
+    p = vsub.add_parser("robust", help="robust vs non-robust features: probes on D, D_R, D_NR (paper Fig. 8)",
+                        formatter_class=_fmt)
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--fgsm-eps", type=float, default=0.01, help="FGSM step in pixel units of [0, 1] images")
+    p.add_argument("--max-steps", type=_workers, default=20, help="FGSM steps before an example counts as unflipped")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random targets t != y")
+    p.add_argument("--out", default=None, help="folder for robust.json/.csv/.png; unset: RUN/robust")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    _common(p)
+    p.set_defaults(func=cmd_vision_robust)
 
     p = vsub.add_parser("make-trifeature", help="generate the Trifeature dataset", formatter_class=_fmt)
     p.add_argument("--out", default=None,

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from natural_images.config import AugmentConfig
 
-DEFAULT_CROP_SCALE = {"simclr": (0.08, 1.0), "moco": (0.2, 1.0)}
+DEFAULT_CROP_SCALE = {"simclr": (0.08, 1.0), "moco": (0.2, 1.0), "adco": (0.2, 1.0)}  # AdCo: MoCo-v2 views
 
 
 def crop_scale(aug: AugmentConfig, method: str) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Typed configuration of a vision run (``configs/vision/*.yaml``).
 
 One YAML holds everything a run needs: data, augmentation, backbone, method
-(SimCLR or MoCo-v2), loss (temperature, IFM ε/α, hard-negative β/τ⁺),
+(SimCLR, MoCo-v2 or AdCo), loss (temperature, IFM ε/α, hard-negative β/τ⁺),
 optimiser, kNN monitor and linear read-out. The resolved config is saved as
 ``RUN/config.yaml`` and is what ``vision linear`` and ``--resume`` read back.
 """
@@ -18,7 +18,7 @@ from copd_ifm.contrastive.optim import OptimConfig
 from copd_ifm.errors import UserError
 
 VISION_CONFIG_DIR = cfg.CONFIG_DIR / "vision"
-METHODS = ("simclr", "moco")
+METHODS = ("simclr", "moco", "adco")
 
 
 @dataclass
@@ -99,6 +99,20 @@ class MoCoConfig:
 
 
 @dataclass
+class AdCoConfig:
+    """AdCo's learnable negatives; the encoders, head and momentum come from the ``moco`` section."""
+
+    n_negatives: int = 4096                # bank size K (rows [K, moco.dim])
+    lr_neg: float = 3.0                    # gradient-ascent rate of the bank (AdCo paper, ImageNet)
+    tau_neg: float = 0.02                  # temperature of the bank's own loss (AdCo paper, ImageNet)
+
+    def validate(self) -> None:
+        if self.n_negatives < 1 or self.lr_neg <= 0 or self.tau_neg <= 0:
+            raise ValueError(f"need n_negatives >= 1, lr_neg > 0, tau_neg > 0; got {self.n_negatives}, "
+                             f"{self.lr_neg}, {self.tau_neg}")
+
+
+@dataclass
 class KNNConfig:
     every: int = 1                         # epochs between kNN evaluations (0: only after the last epoch)
     k: int = 200
@@ -126,7 +140,7 @@ class LinearConfig:
 
 @dataclass
 class VisionConfig:
-    method: str = "simclr"                 # simclr | moco
+    method: str = "simclr"                 # simclr | moco | adco
     epochs: int = 400
     batch_size: int = 256                  # global batch (split evenly over ranks)
     seed: int = 0
@@ -139,6 +153,7 @@ class VisionConfig:
     loss: LossConfig = field(default_factory=lambda: LossConfig(temperature=0.5))
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
+    adco: AdCoConfig = field(default_factory=AdCoConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)

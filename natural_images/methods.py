@@ -12,14 +12,22 @@ hard-negative objective without a second forward pass.
   negatives and the gradient equals the single-process one.
 * MoCo-v2: :class:`copd_ifm.contrastive.MoCo` (momentum key encoder, queue,
   shuffle-BN), queries from ``x1``, keys from ``x2``.
+* AdCo (Hu et al., CVPR 2021): MoCo-v2's query and momentum key encoders, but
+  the negatives are a learnable bank ``[K, dim]`` trained by gradient *ascent*
+  on the contrastive loss with their own rate and temperature
+  (:func:`adco_negative_step`).
+
+``project(x)`` of every model is the normalised projection-head output
+``z`` ``[B, dim]`` of the query branch: the space the loss compares in.
 """
 from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from copd_ifm.contrastive import MoCo, simclr_similarities
+from copd_ifm.contrastive import MoCo, info_nce_from_similarities, simclr_similarities
 from copd_ifm.contrastive import distributed as D
 from natural_images.backbones import build_backbone, resolve_stem
 from natural_images.config import VisionConfig
@@ -48,6 +56,10 @@ class SimCLR(nn.Module):
         z = self.head(self.backbone(torch.cat([x1, x2])))
         return z.chunk(2)
 
+    def project(self, x: Tensor) -> Tensor:
+        """Unit embeddings ``z`` ``[B, dim]`` of images ``[B, 3, H, W]``."""
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         z1, z2 = self.embed(x1, x2)
         return simclr_similarities(D.all_gather_with_grad(z1), D.all_gather_with_grad(z2))
@@ -66,16 +78,71 @@ class MoCoV2(nn.Module):
     def encoder(self) -> nn.Module:
         return self.moco.encoder_q.encoder
 
+    def project(self, x: Tensor) -> Tensor:
+        """Unit query embeddings ``z`` ``[B, dim]`` of images ``[B, 3, H, W]``."""
+        return F.normalize(self.moco.encoder_q(x), dim=1)
+
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         out = self.moco((x1,), (x2,))
         return out.pos, out.neg
 
 
-def build_model(cfg: VisionConfig, crop: int) -> SimCLR | MoCoV2:
-    """The method of ``cfg`` on a fresh backbone for ``crop``-px training images."""
+class AdCo(MoCoV2):
+    """``forward(x1, x2)`` → ``pos`` ``[B]`` (query · momentum key) and ``neg`` ``[B, K]`` (query · bank).
+
+    The bank ``negatives`` ``[K, dim]`` is an ``nn.Parameter`` (counted and
+    checkpointed) initialised as random unit vectors and normalised on use. It
+    has ``requires_grad=False``: the encoder's loss does not reach it and no
+    optimiser built from the trainable parameters touches it; only
+    :func:`adco_negative_step` moves it. MoCo's queue is not used (kept at one slot).
+    """
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, n_negatives: int = 4096,
+                 momentum: float = 0.99, mlp: bool = True, shuffle_bn: bool = True) -> None:
+        super().__init__(backbone, feat_dim, dim=dim, queue_size=1, momentum=momentum, mlp=mlp,
+                         shuffle_bn=shuffle_bn)
+        self.negatives = nn.Parameter(F.normalize(torch.randn(n_negatives, dim), dim=1), requires_grad=False)
+        self.last_query: Tensor | None = None   # [B, dim] queries of the last forward, for the bank's step
+
+    def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        q = self.project(x1)
+        with torch.no_grad():
+            self.moco.momentum_update()
+            k = self.moco.keys(x2)
+        self.last_query = q.detach()
+        return (q * k).sum(1), q @ F.normalize(self.negatives, dim=1).T.to(q.dtype)
+
+
+def adco_negative_step(model: AdCo, pos: Tensor, lr_neg: float, tau_neg: float) -> Tensor:
+    """One gradient-ascent step of the bank on InfoNCE at temperature ``tau_neg``; returns that loss.
+
+    ``pos`` ``[N]`` is the last ``model(x1, x2)``'s positive cosines; the queries
+    come from that forward (``model.last_query``), so the step may run before or
+    after the encoder's backward and optimiser step (the engine loop's
+    ``after_step``). Queries and positives are held fixed; the loss
+    ``mean −log e^{s⁺/τₙ} / (e^{s⁺/τₙ} + Σₖ e^{q·m̂ₖ/τₙ})`` is differentiated w.r.t. the
+    bank only (in the bank's dtype), averaged over ranks under DDP, and the bank moves by
+    ``+lr_neg · ∇`` (plain ascent: no momentum, no weight decay).
+    """
+    if model.last_query is None:
+        raise RuntimeError("adco_negative_step needs a forward pass of the model first")
+    bank = model.negatives.detach().requires_grad_(True)
+    neg = model.last_query.to(bank.dtype) @ F.normalize(bank, dim=1).T  # AMP's float16 queries → the bank's dtype
+    loss = info_nce_from_similarities(pos.detach().to(bank.dtype), neg, tau_neg)
+    (grad,) = torch.autograd.grad(loss, bank)
+    with torch.no_grad():
+        model.negatives.add_(D.all_reduce_mean(grad), alpha=lr_neg)
+    return loss.detach()
+
+
+def build_model(cfg: VisionConfig, crop: int) -> SimCLR | MoCoV2 | AdCo:
+    """The method of ``cfg`` on a fresh backbone for ``crop``-px training images (AdCo: ``moco`` + ``adco``)."""
     backbone, feat_dim = build_backbone(cfg.model.arch, resolve_stem(cfg.model.stem, crop))
     if cfg.method == "simclr":
         return SimCLR(backbone, feat_dim, hidden=cfg.simclr.hidden, dim=cfg.simclr.dim)
     m = cfg.moco
+    if cfg.method == "adco":
+        return AdCo(backbone, feat_dim, dim=m.dim, n_negatives=cfg.adco.n_negatives, momentum=m.momentum,
+                    mlp=m.mlp, shuffle_bn=m.shuffle_bn)
     return MoCoV2(backbone, feat_dim, dim=m.dim, queue_size=m.queue_size, momentum=m.momentum, mlp=m.mlp,
                   shuffle_bn=m.shuffle_bn)

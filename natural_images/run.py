@@ -32,15 +32,21 @@ def load_run_config(run_dir: str | Path) -> VisionConfig:
     return cfg.load(VisionConfig, path)
 
 
-def load_encoder(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, VisionConfig]:
-    """The pretrained backbone ``[B, 3, H, W] → [B, F]`` of a run (eval mode) and the run's config."""
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, VisionConfig]:
+    """The whole pretrained model of a run (backbone and heads; eval mode) and the run's config."""
     run_cfg = load_run_config(run_dir)
     ckpt = Checkpointer(run_dir)
     if not ckpt.exists():
         raise UserError(f"{ckpt.path} not found: the run has not finished an epoch yet")
     model = build_model(run_cfg, image_sizes(run_cfg.data)[0])
     model.load_state_dict(ckpt.load("cpu")["model"])
-    return model.encoder.to(device).eval(), run_cfg
+    return model.to(device).eval(), run_cfg
+
+
+def load_encoder(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, VisionConfig]:
+    """The pretrained backbone ``[B, 3, H, W] → [B, F]`` of a run (eval mode) and the run's config."""
+    model, run_cfg = load_model(run_dir, device)
+    return model.encoder, run_cfg
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:

@@ -60,8 +60,7 @@ from natural_images.datasets import build_dataset, dataset_spec, image_sizes
 from natural_images.digits import DigitsSpec, make_digits
 from natural_images.feature_datasets import read_folder_meta
 from natural_images.linear import linear_readout
-from natural_images.methods import build_model
-from natural_images.run import load_run_config
+from natural_images.run import load_model
 from natural_images.train import pretrain
 from natural_images.trifeature import TrifeatureSpec, make_trifeature
 
@@ -235,11 +234,8 @@ def final_infonce(run_dir: str | Path, batches: int, device: torch.device | str 
     Composes the run's own pieces: its config, model and checkpoint, its
     augmentation and its pretraining split.
     """
-    run_cfg = load_run_config(run_dir)
+    model, run_cfg = load_model(run_dir, device)
     crop = image_sizes(run_cfg.data)[0]
-    model = build_model(run_cfg, crop)
-    model.load_state_dict(Checkpointer(run_dir).load("cpu")["model"])
-    model.to(device).eval()
     spec = dataset_spec(run_cfg.data.dataset)
     views = TwoViews(train_transform(run_cfg.augment, run_cfg.method, crop, spec.mean, spec.std))
     dataset = build_dataset(run_cfg.data, "pretrain", views)

@@ -160,3 +160,49 @@ def test_contrastive_loss_module_baseline_and_ifm():
     ifm = ContrastiveLoss(0.2, epsilon=0.1)(pos, neg)
     adv = ContrastiveLoss(0.2)(pos - 0.1, neg + 0.1)
     assert torch.allclose(ifm, (base + adv) / 2)
+
+
+def _closed_form_l_eps(pos, neg, tau, eps):
+    """``−log e^{(s⁺−ε)/τ} / (e^{(s⁺−ε)/τ} + Σᵢ e^{(sᵢ+ε)/τ})`` per row, written out term by term."""
+    num = torch.exp((pos - eps) / tau)
+    return (-torch.log(num / (num + torch.exp((neg + eps) / tau).sum(1)))).mean()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_ifm_only_is_info_nce_on_the_perturbed_logits(eps):
+    pos, neg = simclr_similarities(_unit(5, 8, seed=1), _unit(5, 8, seed=2))
+    for alpha in (1.0, 3.0):  # α plays no part in L_ε alone
+        got = ContrastiveLoss(0.2, epsilon=eps, alpha=alpha, ifm_only=True)(pos, neg)
+        assert torch.allclose(got, _closed_form_l_eps(pos, neg, 0.2, eps), atol=1e-12)
+    hard = ContrastiveLoss(0.5, epsilon=eps, beta=1.0, tau_plus=0.1, ifm_only=True)(pos, neg)
+    assert torch.allclose(hard, _brute_hcl(pos - eps, neg + eps, 0.5, 1.0, 0.1), rtol=1e-6)
+
+
+def test_alpha_normalisation_divides_by_two_and_matches_official_only_at_alpha_one():
+    pos, neg = simclr_similarities(_unit(6, 8, seed=3), _unit(6, 8, seed=4))
+    base, adv = _closed_form_l_eps(pos, neg, 0.2, 0.0), _closed_form_l_eps(pos, neg, 0.2, 0.1)
+    for alpha in (0.5, 1.0, 3.0):
+        ours = ContrastiveLoss(0.2, epsilon=0.1, alpha=alpha)(pos, neg)
+        official = (base + alpha * adv) / (1 + alpha)
+        assert torch.allclose(ours, (base + alpha * adv) / 2, atol=1e-12)
+        assert torch.allclose(ours, official, atol=1e-12) == (alpha == 1.0)
+
+
+def test_sgd_step_at_lr_equals_official_step_at_lr_times_one_plus_alpha_over_two():
+    z1, z2 = _unit(6, 8, seed=5), _unit(6, 8, seed=6)
+    alpha, lr = 3.0, 0.1
+
+    def step(loss_fn, rate):
+        w = z1.clone().requires_grad_(True)
+        opt = torch.optim.SGD([w], lr=rate)
+        loss_fn(*simclr_similarities(w, z2)).backward()
+        opt.step()
+        return w.detach()
+
+    ours = step(ContrastiveLoss(0.2, epsilon=0.1, alpha=alpha), lr)
+
+    def official(pos, neg):
+        return (_closed_form_l_eps(pos, neg, 0.2, 0.0) + alpha * _closed_form_l_eps(pos, neg, 0.2, 0.1)) / (1 + alpha)
+
+    assert torch.allclose(ours, step(official, lr * (1 + alpha) / 2), atol=1e-12)
+    assert not torch.allclose(ours, step(official, lr), atol=1e-6)

@@ -13,7 +13,17 @@ InfoNCE loss of a unit query ``q``. The worst case is closed-form,
 
     L_ε = −log  exp((q·k⁺ − ε)/τ) / ( exp((q·k⁺ − ε)/τ) + Σᵢ exp((q·k⁻ᵢ + εᵢ)/τ) )
 
-and the encoder is trained on ``(L + α·L_ε) / 2`` (α = 1 by default).
+and the encoder is trained on ``(L + α·L_ε) / 2`` (α = 1 by default), or on
+``L_ε`` alone (``ifm_only``: Table 2's "L_ε" row, Fig. 7's "L_ε alone ≈ L").
+
+α normalisation. The paper writes ``(L + α·L_ε) / 2``; the official code
+divides by ``1 + α``. Both agree at α = 1. This module uses ``/ 2`` for every
+α: its gradient is ``(1 + α)/2`` times that of the convex combination
+``(L + α·L_ε)/(1 + α)``, so with plain SGD a run here at learning rate ``η``
+matches the official code at ``η·(1 + α)/2`` (e.g. α = 3: twice the official
+rate). Adam is invariant to a constant loss scale up to its ``eps``; L2 weight
+decay added to the gradient is not rescaled, so its relative strength differs
+by the same factor.
 """
 from __future__ import annotations
 
@@ -148,18 +158,24 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: fl
     return info_nce_from_similarities(*similarities(query, positive, negatives), temperature, epsilon)
 
 
+def _base_loss(pos: Tensor, neg: Tensor, temperature: float, beta: float, tau_plus: float,
+               epsilon: Epsilon = 0.0) -> Tensor:
+    """InfoNCE, or the hard-negative objective when ``beta`` or ``tau_plus`` is non-zero; ``L_ε`` when ``epsilon``."""
+    if beta == 0 and tau_plus == 0:
+        return info_nce_from_similarities(pos, neg, temperature, epsilon)
+    return hard_negative_from_similarities(pos, neg, temperature, beta, tau_plus, epsilon)
+
+
 def ifm_objective(pos: Tensor, neg: Tensor, temperature: float, epsilon: Epsilon, alpha: float = 1.0,
                   beta: float = 0.0, tau_plus: float = 0.0) -> Tensor:
     """``(L + α·L_ε) / 2`` from one set of similarities (no second forward pass).
 
-    ``L`` is InfoNCE, or the hard-negative objective when ``beta`` or ``tau_plus`` is non-zero.
+    ``L`` is InfoNCE, or the hard-negative objective when ``beta`` or ``tau_plus``
+    is non-zero. The divisor is 2 for every α (the paper's form; the official
+    code's ``1 + α`` differs for α ≠ 1, see the module docstring).
     """
-    if beta == 0 and tau_plus == 0:
-        base = info_nce_from_similarities(pos, neg, temperature)
-        adv = info_nce_from_similarities(pos, neg, temperature, epsilon)
-    else:
-        base = hard_negative_from_similarities(pos, neg, temperature, beta, tau_plus)
-        adv = hard_negative_from_similarities(pos, neg, temperature, beta, tau_plus, epsilon)
+    base = _base_loss(pos, neg, temperature, beta, tau_plus)
+    adv = _base_loss(pos, neg, temperature, beta, tau_plus, epsilon)
     return (base + alpha * adv) / 2
 
 
@@ -190,36 +206,37 @@ class ContrastiveLoss(nn.Module):
 
     ``epsilon = 0`` is the baseline ``L`` (InfoNCE, or the hard-negative
     objective when ``beta``/``tau_plus`` are set); ``epsilon > 0`` trains on
-    ``(L + α·L_ε) / 2``, where ``L_ε`` shifts the positive logit by ``−ε`` and
-    every negative by ``+ε`` before the division by the temperature ``τ``::
+    ``(L + α·L_ε) / 2`` (divisor 2 for every α, see the module docstring), or on
+    ``L_ε`` alone when ``ifm_only``, where ``L_ε`` shifts the positive logit by
+    ``−ε`` and every negative by ``+ε`` before the division by the temperature ``τ``::
 
         L_ε = −log  e^{(s⁺ − ε)/τ} / ( e^{(s⁺ − ε)/τ} + Σᵢ e^{(sᵢ + ε)/τ} )
+
+    ``ifm_only`` ignores ``alpha``; with ``epsilon = 0`` it is the baseline ``L``.
     """
 
     def __init__(self, temperature: float = 0.2, epsilon: float = 0.0, alpha: float = 1.0,
-                 beta: float = 0.0, tau_plus: float = 0.0) -> None:
+                 beta: float = 0.0, tau_plus: float = 0.0, ifm_only: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
         self.temperature, self.epsilon, self.alpha = temperature, epsilon, alpha
-        self.beta, self.tau_plus = beta, tau_plus
+        self.beta, self.tau_plus, self.ifm_only = beta, tau_plus, ifm_only
 
     @classmethod
     def from_config(cls, cfg: "LossConfig") -> "ContrastiveLoss":
-        return cls(cfg.temperature, cfg.epsilon, cfg.alpha, cfg.hcl_beta, cfg.tau_plus)
+        return cls(cfg.temperature, cfg.epsilon, cfg.alpha, cfg.hcl_beta, cfg.tau_plus, cfg.ifm_only)
 
     def forward(self, pos: Tensor, neg: Tensor) -> Tensor:
-        if self.epsilon == 0:
-            if self.beta == 0 and self.tau_plus == 0:
-                return info_nce_from_similarities(pos, neg, self.temperature)
-            return hard_negative_from_similarities(pos, neg, self.temperature, self.beta, self.tau_plus)
+        if self.epsilon == 0 or self.ifm_only:
+            return _base_loss(pos, neg, self.temperature, self.beta, self.tau_plus, self.epsilon)
         return ifm_objective(pos, neg, self.temperature, self.epsilon, self.alpha, self.beta, self.tau_plus)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, epsilon={self.epsilon}, alpha={self.alpha}, "
-                f"beta={self.beta}, tau_plus={self.tau_plus}")
+                f"beta={self.beta}, tau_plus={self.tau_plus}, ifm_only={self.ifm_only}")
 
 
 @dataclass
@@ -231,6 +248,7 @@ class LossConfig:
     alpha: float = 1.0           # weight of L_ε in (L + α·L_ε)/2
     hcl_beta: float = 0.0        # hard-negative concentration β (0: uniform negatives)
     tau_plus: float = 0.0        # positive-class prior τ⁺ of the debiased estimator
+    ifm_only: bool = False       # train on L_ε alone (the paper's Table 2 "L_ε" row)
 
     def validate(self) -> None:
         if self.temperature <= 0:

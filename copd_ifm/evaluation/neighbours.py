@@ -1,0 +1,120 @@
+"""IFM neighbour grids (paper Sec. 3.1, Fig. 4): the grid plot, and the variant for context-aware CT runs.
+
+The grid: two rows per anchor (``v⁺ − εv``, ``v⁻ + εv``); the anchor view first,
+then one column per ε with the retrieved bank item, captioned with its cosine
+to the anchor ``v`` (see :mod:`copd_ifm.contrastive.neighbours`).
+
+CT variant, for a run of ``copd-ifm pretrain``: the embedding ``z`` of a whole
+subject is the graph level's normalised projection-head output (frozen patch
+features of every landmark → GCN → mean pool → head: the space of the graph
+loss). ``v`` = ``z`` of subject ``i`` with every patch through the run's
+``PatchAugment`` (one random draw for the subject, seeded; always patch
+augmentation, also for runs trained on ``graph_views: feature``), ``v⁺`` = ``z``
+of subject ``i`` un-augmented, ``v⁻`` = another subject, bank = every subject of
+the run's store, un-augmented. A subject is drawn as the central axial slice of
+its patch at the landmark nearest the landmarks' centroid, grey levels over the
+stored HU range [−1024, 240].
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from copd_ifm import config as cfg_io
+from copd_ifm import files
+from copd_ifm.contrastive.distributed import init_from_env
+from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, with_zero
+from copd_ifm.errors import UserError
+
+
+def plot_neighbour_grid(anchor_pictures: Sequence[np.ndarray], picture: Callable[[int], np.ndarray],
+                        found: dict[str, Tensor], eps: Sequence[float], path: Path, title: str,
+                        grey_range: tuple[float, float] | None = None) -> None:
+    """Draw the grid to ``path`` (PNG). Pictures are ``[H, W, 3]`` in [0, 1], or ``[H, W]`` shown in grey
+    over ``grey_range``; ``picture(i)`` draws bank item ``i``; ``found`` as from :func:`perturbed_neighbours`."""
+    rows, cols = 2 * len(anchor_pictures), len(eps) + 1
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    shown = {"cmap": "gray", "vmin": grey_range[0], "vmax": grey_range[1]} if grey_range else {}
+    for a, anchor in enumerate(anchor_pictures):
+        for r, (name, label) in enumerate((("pos", "v⁺ − εv"), ("neg", "v⁻ + εv"))):
+            row = axes[2 * a + r]
+            row[0].imshow(anchor, **shown)
+            row[0].set_title(f"anchor {a} (view v)" if r == 0 else "", fontsize=8)
+            row[0].set_ylabel(label, fontsize=8)
+            for c, e in enumerate(eps, start=1):
+                row[c].imshow(picture(int(found[f"{name}_index"][a, c - 1])), **shown)
+                if 2 * a + r == 0:
+                    row[c].set_title(f"ε = {e:g}", fontsize=8)
+                row[c].set_xlabel(f"cos {float(found[f'{name}_cos'][a, c - 1]):.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    files.save_figure(fig, path, dpi=120)
+
+
+def is_context_run(run_dir: str | Path) -> bool:
+    """Whether ``RUN/config.yaml`` was written by ``copd-ifm pretrain`` (cohort + pretrain sections)."""
+    path = Path(run_dir) / "config.yaml"
+    doc = cfg_io.read_yaml(path) if path.is_file() else {}
+    return isinstance(doc, dict) and "pretrain" in doc and "cohort" in doc
+
+
+@torch.no_grad()
+def subject_embedding(model: Any, patches: Tensor) -> Tensor:
+    """Graph-level ``z`` ``[1, dim]`` (unit row) of one subject's patches ``[L, 1, P, P, P]``."""
+    feats = model.node_features(patches[None])
+    return F.normalize(model.graph.encoder_q(*model.graph_inputs(feats, 1)), dim=1)
+
+
+def ct_ifm_neighbours(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0), anchors: int = 4,
+                      out: str | Path | None = None, device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Neighbour grid of a context-aware run (module doc); writes ``OUT/ifm_neighbours.{png,json}``.
+
+    ``out`` defaults to ``RUN/ifm``; ``anchors`` evenly spaced subjects of the
+    run's store; returns the JSON content (bank indices and subject ids).
+    """
+    from copd_ifm.context.augment import PatchAugment
+    from copd_ifm.context.data import SubjectDataset
+    from copd_ifm.context.train import load_trained, open_store
+
+    if anchors < 1:
+        raise UserError(f"--anchors must be >= 1, got {anchors}")
+    eps = with_zero(eps)
+    dev = init_from_env(device).device
+    model, cohort, cfg = load_trained(run_dir, dev)
+    store = open_store(cohort)
+    subjects = SubjectDataset(store)
+    n = len(subjects)
+    if n < 2:
+        raise UserError(f"{cohort.store_path}: {n} subject(s) in the store; the bank needs at least 2")
+    bank = torch.cat([subject_embedding(model, subjects[i].to(dev)) for i in range(n)])
+    index, others = pick_anchors(n, anchors, seed)
+    augment = PatchAugment(cfg.augment)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        views = [augment(subjects[int(i)].to(dev), torch.zeros(store.n_landmarks, dtype=torch.long)) for i in index]
+    anchor = torch.cat([subject_embedding(model, v) for v in views])
+    found = perturbed_neighbours(anchor, bank[index.to(dev)], bank[others.to(dev)], bank, eps)
+    coords = np.asarray(store.landmark_coords)
+    landmark = int(np.linalg.norm(coords - coords.mean(0), axis=1).argmin())
+    result = {"run": str(run_dir), "space": "graph-level normalised projection-head output z of a subject",
+              "bank_size": n, "eps": eps, "landmark": landmark, "anchor_index": index.tolist(),
+              "negative_index": others.tolist(), "anchor_sid": [store.sids[int(i)] for i in index],
+              **{k: v.tolist() for k, v in found.items()}}
+    folder = Path(out) if out else Path(run_dir) / "ifm"
+    files.atomic_write_text(folder / "ifm_neighbours.json", json.dumps(result, indent=2) + "\n")
+    mid = store.patch_size // 2
+    plot_neighbour_grid([v[landmark, 0, mid].cpu().numpy() for v in views],
+                        lambda i: subjects[i][landmark, 0, mid].numpy(), found, eps, folder / "ifm_neighbours.png",
+                        f"Nearest subjects to IFM-perturbed keys (landmark {landmark}, central axial slice; "
+                        f"cosine to the anchor)", grey_range=(-1.0, 1.0))
+    return result
