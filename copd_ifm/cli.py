@@ -58,6 +58,11 @@ def _add_set(p: argparse.ArgumentParser, cohort_prefix: bool = False) -> None:
                    help=f"override any config field (dotted key, YAML value); repeatable{extra}")
 
 
+def _add_ifm_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ifm-only", action="store_true",
+                   help="train on L_ε alone instead of (L + α·L_ε)/2 (the paper's Table 2 'L_ε' row)")
+
+
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     """One dotted-key override mapping: the typed values of the given ``flags`` (flag → config field),
     then the parsed ``--set`` items (which win)."""
@@ -128,8 +133,8 @@ def _ensure_store(cohort: "CohortConfig") -> None:
 
 
 #: ``pretrain`` flag → dotted PretrainConfig field (unset flags leave the config's value).
-_PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "epochs": "schedule.epochs",
-                   "device": "device"}
+_PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "ifm_only": "loss.ifm_only",
+                   "epochs": "schedule.epochs", "device": "device"}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -197,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ``vision pretrain`` flag → dotted VisionConfig field (unset flags leave the config's value).
 _VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.epsilon",
-                 "ifm_alpha": "loss.alpha", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
+                 "ifm_alpha": "loss.alpha", "ifm_only": "loss.ifm_only", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
                  "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
                  "download": "data.download"}
@@ -370,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="ifm", help="pretrain config: name in configs/pretrain or YAML path")
     p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline); default: config")
     p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α; default: config")
+    _add_ifm_only(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs; default: config")
     p.add_argument("--out", default=None, help="run folder (default: runs/<cohort>-<config>)")
     p.add_argument("--resume", action="store_true",
@@ -428,12 +434,14 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
                                     "(--batch-size is the global batch).")
     p.add_argument("--dataset", default=None,
                    help="cifar10, cifar100, stl10, tinyimagenet, imagenet100, trifeature, ...; unset: cifar10")
-    p.add_argument("--method", choices=["simclr", "moco"], default=None, help="contrastive method; unset: simclr")
+    p.add_argument("--method", choices=["simclr", "moco", "adco"], default=None,
+                   help="contrastive method (adco: learnable negatives, settings in the adco: section); unset: simclr")
     p.add_argument("--config", default=None,
                    help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr")
     p.add_argument("--arch", default=None, help="torchvision ResNet: resnet18, resnet50, ...")
     p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline)")
     p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α in (L + α·L_ε)/2")
+    _add_ifm_only(p)
     p.add_argument("--hcl-beta", type=float, default=None, help="hard-negative concentration β")
     p.add_argument("--tau-plus", type=float, default=None, help="positive-class prior τ⁺ (debiased negatives)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature τ")

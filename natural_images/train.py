@@ -37,7 +37,7 @@ from natural_images.config import VisionConfig
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names
 from natural_images.features import extract_features
 from natural_images.knn import knn_accuracy
-from natural_images.methods import build_model
+from natural_images.methods import AdCo, adco_negative_step, build_model
 from natural_images.plots import plot_pretrain
 from natural_images.run import read_summary, update_summary
 
@@ -112,8 +112,11 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
             return _knn_monitor(net.encoder, bank_set, test_set, config, dev, amp, channels_last, per_rank)
         return {}
 
+    # AdCo: after each encoder step the negative bank takes a gradient-ascent step of its own.
+    after = ((lambda out: adco_negative_step(net, out.pos, config.adco.lr_neg, config.adco.tau_neg))
+             if isinstance(net, AdCo) else None)
     started = time.time()
-    phase = Phase("", "images", optimizer, scheduler, plan, step, log_every=config.log_every)
+    phase = Phase("", "images", optimizer, scheduler, plan, step, log_every=config.log_every, after_step=after)
     fit(net, [phase], ContrastiveLoss.from_config(config.loss), run_dir, config.epochs, dev, amp=amp, resume=resume,
         config=cfg.to_dict(config), evaluate=evaluate,
         report=lambda history: _write_epoch_outputs(run_dir, config, history, world, dev, time.time() - started))

@@ -19,15 +19,18 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+import yaml
 from PIL import Image
 
 from copd_ifm import config as cfg
 from copd_ifm.cli import main
 from copd_ifm.contrastive.checkpoint import Checkpointer
+from copd_ifm.contrastive.runtime import seed_everything
 from copd_ifm.errors import UserError
 from natural_images.config import DataConfig, VisionConfig, load_vision_config
 from natural_images.datasets import build_dataset, image_sizes, imagenet100_classes, label_names
 from natural_images.linear import linear_readout
+from natural_images.methods import build_model
 from natural_images.train import pretrain
 
 PALETTE = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220], [220, 220, 40]], dtype=np.float64)
@@ -286,3 +289,21 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]
+
+
+def test_adco_and_ifm_only_train_through_the_engine_loop(tmp_path, capsys):
+    """``--method adco``: the negative bank (no encoder gradient, see test_adco) moves during a real run through
+    the loop's after_step; ``--ifm-only`` reaches the saved loss config."""
+    write_cifar10(tmp_path / "data")
+    config = _tiny(tmp_path / "data", "cifar10", "adco", **{"knn.every": 0, "adco.n_negatives": 16})
+    pretrain(config, tmp_path / "adco")
+    bank = Checkpointer(tmp_path / "adco").load()["model"]["negatives"]
+    seed_everything(config.seed)
+    initial = build_model(config, 8).negatives.detach()
+    assert bank.shape == initial.shape and not torch.equal(bank, initial)
+    code = main(["vision", "pretrain", "--config", "cpu_tiny", "--data-root", str(tmp_path / "data"),
+                 "--ifm-only", "--ifm-eps", "0.1", "--epochs", "1", "--out", str(tmp_path / "only"),
+                 "--set", "data.crop_size=8", "--set", "data.eval_size=8", "--set", "knn.every=0", "--device", "cpu"])
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "only" / "config.yaml").read_text(encoding="utf-8"))["loss"]
+    assert saved["ifm_only"] is True and saved["epsilon"] == 0.1
