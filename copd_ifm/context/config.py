@@ -13,15 +13,25 @@ from copd_ifm.contrastive.training import OptimConfig
 
 @dataclass
 class ModelConfig:
-    """Patch encoder (3-D CNN) and graph encoder (GCN) widths."""
+    """Patch encoder (3-D CNN) and graph encoder (GCN) widths.
 
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv stage widths
+    ``encoder: anchor`` is the anchor's trunk (``channels`` [8, 16, 32, 64] then
+    ``feat_dim`` 128: 13 convolutions down to 1³ at 32³), location joined only
+    to the projection head; ``compact`` is a stride-2 stage per ``channels``
+    entry, with the location inside the encoder (the demo's; the default here so
+    that run folders written before the option existed load unchanged).
+    """
+
+    encoder: str = "compact"     # anchor | compact
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv widths before the feat_dim block
     feat_dim: int = 128          # patch / node feature width (the anchor: 128)
     embed_dim: int = 128         # MoCo embedding width
     mlp_head: bool = True        # MoCo-v2 MLP head
-    use_location: bool = True    # join normalised atlas coordinates before the head (131 → 128)
+    use_location: bool = True    # join normalised atlas coordinates (anchor: head input 131; compact: in the encoder)
 
     def validate(self) -> None:
+        if self.encoder not in {"anchor", "compact"}:
+            raise ValueError(f"model.encoder must be anchor or compact, got {self.encoder!r}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError("model.channels must be a non-empty list of positive widths")
 
