@@ -67,20 +67,36 @@ class IFMSettings:
 
 @dataclass
 class AugmentConfig:
-    """Batched 3-D augmentation; lengths in voxels of a 32³ patch, scaled to the patch size."""
+    """Batched 3-D augmentation with the anchor's MONAI settings; lengths in voxels of a 32³ patch.
 
-    rotate_deg: float = 10.0       # the anchor: π/18
+    Order and draws as the anchor's ``Compose([RandAdjustContrast, RandGaussianNoise,
+    Rand3DElastic])``: contrast, then noise, then the deformation. Lengths are
+    scaled to the patch size ``P`` (a 16³ patch at 2 mm gets the same
+    deformation in mm as a 32³ one at 1 mm).
+    """
+
+    rotate_deg: float = 10.0       # the anchor: π/18 per axis
     scale: float = 0.1
     translate_vox: float = 12.0
-    elastic_vox: float = 2.0       # max smooth displacement
-    elastic_grid: int = 4          # control points per axis of the displacement field
-    noise_hu: float = 50.0         # Gaussian noise sd (HU), applied with p_noise
+    # Rand3DElastic: uniform(−1, 1) offsets per voxel, Gaussian-smoothed with σ ~ U(elastic_sigma),
+    # times a magnitude ~ U(elastic_magnitude) (voxels); the anchor: σ 8–12, magnitude 0–1264.
+    elastic_sigma: list[float] = field(default_factory=lambda: [8.0, 12.0])
+    elastic_magnitude: list[float] = field(default_factory=lambda: [0.0, 1264.0])
+    noise_hu: float = 50.0         # Gaussian noise sd drawn from U(0, noise_hu) HU, applied with p_noise
     p_noise: float = 0.25
-    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # contrast, applied with p_contrast
+    gamma_range: list[float] = field(default_factory=lambda: [0.5, 4.5])  # MONAI's default, applied with p_contrast
     p_contrast: float = 0.25
     # Graph views in "feature" mode (see ScheduleConfig.graph_views): node dropout and feature noise.
     node_drop: float = 0.1
     feature_noise: float = 0.1     # sd as a fraction of each feature's sd over the cohort
+
+    def validate(self) -> None:
+        for name in ("elastic_sigma", "elastic_magnitude", "gamma_range"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+                raise ValueError(f"augment.{name} must be [low, high] with 0 <= low <= high, got {pair}")
+        if self.elastic_sigma[0] <= 0:
+            raise ValueError(f"augment.elastic_sigma must be > 0, got {self.elastic_sigma}")
 
 
 @dataclass
