@@ -84,6 +84,16 @@ def test_group_shares_one_deformation():
     assert not torch.allclose(out[0], out[2])
 
 
+def test_any_group_order_gives_the_same_deformation():
+    x = torch.randn(4, 1, 8, 8, 8)
+    torch.manual_seed(3)
+    blocks = RandAffineElastic3D(AugmentConfig())(x, torch.tensor([0, 0, 1, 1]))       # subject-view layout
+    torch.manual_seed(3)
+    order = torch.tensor([0, 2, 1, 3])
+    mixed = RandAffineElastic3D(AugmentConfig())(x[order], torch.tensor([0, 1, 0, 1]))  # per-patch grids
+    torch.testing.assert_close(mixed, blocks[order])
+
+
 def test_contrast_uses_the_group_range_and_one_gamma():
     a = torch.linspace(0, 1, 64).view(1, 1, 4, 4, 4)
     b = 0.2 + 0.3 * torch.rand(1, 1, 4, 4, 4)

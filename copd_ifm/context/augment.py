@@ -105,9 +105,15 @@ class RandAffineElastic3D:
         rot = _rotation(angles)
         linear = rot * scale[:, None, :]                                                 # R · S
         offset = (rot @ shift[:, :, None]).view(g, 1, 1, 1, 3)                           # R · t
-        grid = torch.einsum("gijkc,gdc->gijkd", points, linear) + offset
-        return F.grid_sample(x, grid[groups].to(x.dtype), mode="bilinear", padding_mode="border",
-                             align_corners=False)
+        grid = torch.einsum("gijkc,gdc->gijkd", points, linear).add_(offset).to(x.dtype)
+        k = b // g
+        if b == g * k and torch.equal(groups, torch.arange(g, device=dev).repeat_interleave(k)):
+            # Equal consecutive groups (a batch of subject views): their patches become channels of one
+            # image per group, as in the anchor's subject tensor, so the grid is not copied per patch.
+            out = F.grid_sample(x.reshape(g, k * x.shape[1], p, p, p), grid, mode="bilinear",
+                                padding_mode="border", align_corners=False)
+            return out.view_as(x)
+        return F.grid_sample(x, grid[groups], mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _group_draw(groups: Tensor, p: float, values: Tensor, neutral: float) -> Tensor:
