@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from copd_ifm.context.augment import PatchAugment, RandAffineElastic3D
-from copd_ifm.context.config import AugmentConfig, PretrainConfig
+from copd_ifm.context.config import PretrainConfig
 from copd_ifm.context.data import graph_epoch_plan, patch_epoch_plan
-from copd_ifm.context.encoders import GraphEncoder, PatchEncoder
+from copd_ifm.context.encoders import AnchorEncoder, GraphEncoder, PatchEncoder
 from copd_ifm.context.model import ContextModel, batched_edges
 
 
@@ -16,21 +15,6 @@ def _lattice(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     diff = (coords[:, None] - coords[None]).abs().sum(-1)
     edges = torch.nonzero(diff == 1).T
     return coords / (n - 1), edges
-
-
-def test_zero_augmentation_is_identity():
-    cfg = AugmentConfig(rotate_deg=0, scale=0, translate_vox=0, elastic_vox=0, p_noise=0, p_contrast=0)
-    x = torch.randn(3, 1, 8, 8, 8)
-    assert torch.allclose(PatchAugment(cfg)(x), x, atol=1e-5)
-
-
-def test_group_shares_one_deformation():
-    cfg = AugmentConfig(p_noise=0, p_contrast=0)
-    x = torch.randn(1, 1, 8, 8, 8).repeat(4, 1, 1, 1, 1)
-    torch.manual_seed(0)
-    out = RandAffineElastic3D(cfg)(x, torch.tensor([0, 0, 1, 1]))
-    assert torch.allclose(out[0], out[1]) and torch.allclose(out[2], out[3])
-    assert not torch.allclose(out[0], out[2])
 
 
 def test_patch_plan_one_landmark_per_step_and_disjoint_ranks():
@@ -100,3 +84,44 @@ def test_context_model_levels_share_the_patch_encoder():
     x, e, batch = model.graph_inputs(feats, 2)
     out = model.graph((x, e, batch), (x, e, batch))
     assert out.pos.shape == (2,) and out.neg.shape == (2, cfg.moco.graph_queue)
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_anchor_trunk_layers_and_shapes():
+    enc = AnchorEncoder([8, 16, 32, 64], 128).eval()
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 13 and [c.out_channels for c in convs] == [8, 8] + [16] * 3 + [32] * 3 + [64] * 3 + [128] * 2
+    assert sum(c.stride[0] == 2 for c in convs) == 5                      # 32 → 16 → 8 → 4 → 2 → 1
+    # the anchor's Encoder without its fc: 13 Conv3d(k=3, bias) + BatchNorm3d(weight, bias)
+    widths = [(1, 8), (8, 8), (8, 16), (16, 16), (16, 16), (16, 32), (32, 32), (32, 32), (32, 64), (64, 64),
+              (64, 64), (64, 128), (128, 128)]
+    assert _n_params(enc) == sum(27 * i * o + o + 2 * o for i, o in widths) == 1_030_200
+    with torch.no_grad():
+        for p in (32, 8, 48):      # 8³: the tiny test store; 48³ ends at 2³ and is averaged
+            assert enc(torch.randn(2, 1, p, p, p)).shape == (2, 128)
+        h = enc.cnn[:-2](torch.randn(2, 1, 32, 32, 32))
+    assert h.shape == (2, 128, 1, 1, 1)                                    # no pooling needed at 32³
+
+
+def test_anchor_location_reaches_only_the_head():
+    torch.manual_seed(0)
+    coords, edges = _lattice(2)
+    cfg = PretrainConfig()
+    cfg.model.encoder, cfg.model.channels, cfg.moco.patch_queue = "anchor", [8, 16, 32, 64], 8
+    model = ContextModel(cfg, coords, edges).eval()
+    head = model.patch.encoder_q.head
+    assert head[0].in_features == 131 and head[0].out_features == 131 and head[2].out_features == 128
+    x = torch.randn(3, 1, 8, 8, 8)
+    near, far = torch.zeros(3, 3), torch.ones(3, 3)
+    enc = model.patch_encoder
+    with torch.no_grad():
+        assert enc.features(x, near).shape == (3, 128)
+        assert torch.equal(enc.features(x, near), enc.features(x, far))
+        assert not torch.allclose(model.patch.encoder_q(x, near), model.patch.encoder_q(x, far))
+        subject = torch.randn(1, 8, 1, 8, 8, 8)                            # all 8 landmarks of one subject
+        nodes = model.node_features(subject)
+        model.landmark_coords.add_(1.0)
+        assert nodes.shape == (8, 128) and torch.equal(model.node_features(subject), nodes)

@@ -15,7 +15,7 @@ def test_densitometry_hand_computed():
     lung = np.concatenate([np.full(20, -1000.0), np.full(5, -950.0), np.linspace(-949, -700, 75)])
     ct[mask] = lung
     result = densitometry(ct, mask, voxel_mm3=8.0)
-    assert result["laa950_pct"] == pytest.approx(25.0)               # -950 itself counts (<=)
+    assert result["laa950_pct"] == pytest.approx(20.0)               # < -950: -950 itself does not count
     # 15th percentile of 100 sorted values, linear interpolation: position 0.15 * 99 = 14.85 → both -1000
     assert result["perc15_hu"] == pytest.approx(-1000.0)
     assert result["lung_volume_l"] == pytest.approx(100 * 8.0 / 1e6)
@@ -24,9 +24,16 @@ def test_densitometry_hand_computed():
     position = 0.15 * 79
     expected = values[20 + int(position)] + (position % 1) * (values[21 + int(position)] - values[20 + int(position)])
     assert shifted["perc15_hu"] == pytest.approx(expected)
-    assert shifted["laa950_pct"] == pytest.approx(100 * 5 / 80)
+    assert shifted["laa950_pct"] == 0.0
 
 
 def test_empty_mask_is_a_subject_error():
     with pytest.raises(SubjectError, match="empty lung mask"):
         densitometry(np.zeros((3, 3, 3)), np.zeros((3, 3, 3), bool), 1.0)
+
+
+def test_integer_hu_at_the_threshold():
+    ct = np.array([-1024, -951, -950, -950, -950, -949, -900, -850, -800, -700], dtype=np.int16).reshape(2, 5)
+    result = densitometry(ct, np.ones(ct.shape, bool), voxel_mm3=1.0)
+    assert result["laa950_pct"] == 20.0                               # -1024 and -951 of 10 voxels
+    assert result["perc15_hu"] == pytest.approx(-951 + 0.35 * 1)      # position 0.15·9 = 1.35 between -951 and -950

@@ -151,6 +151,33 @@ def test_densitometry_matches_recomputation(store, cohort_dir):
         assert row[key] == pytest.approx(value, rel=1e-6)
 
 
+def test_densitometry_is_measured_on_the_native_grid(cohort_dir, tmp_path):
+    """An anisotropic image (3 × 3 × 5 mm) with integer HU at and just below −950: the record is the native count."""
+    image = sitk.ReadImage(str(cohort_dir / "images" / "masked.mha"))
+    labels = sitk.ReadImage(str(cohort_dir / "masks" / "masked.nii.gz"))
+    hu = sitk.GetArrayFromImage(image)
+    lung = sitk.GetArrayFromImage(labels) > 0
+    idx = np.flatnonzero(lung)
+    rng = np.random.default_rng(0)
+    picked = rng.permutation(idx)[: len(idx) // 5]
+    hu.flat[picked[: len(picked) // 2]] = -950                        # on the threshold: not counted
+    hu.flat[picked[len(picked) // 2:]] = -951
+    native = sitk.GetImageFromArray(hu)
+    native.CopyInformation(image)
+    for img in (native, labels):
+        img.SetSpacing((3.0, 3.0, 5.0))
+    rows = [("aniso", _write(native, tmp_path / "images" / "aniso.nii.gz"),
+             _write(labels, tmp_path / "masks" / "aniso.nii.gz"))]
+    pd.DataFrame(rows, columns=["sid", "image", "lung_mask"]).to_csv(tmp_path / "manifest.csv", index=False)
+    store = preprocess_cohort(_cohort(tmp_path / "manifest.csv", tmp_path / "store"), workers=1)
+    row = store.densitometry().set_index("sid").loc["aniso"]
+    lung_hu = hu[lung]
+    assert row["laa950_pct"] == pytest.approx(100 * np.count_nonzero(lung_hu < -950) / lung_hu.size, rel=1e-9)
+    assert row["laa950_pct"] == pytest.approx(100 * (len(picked) - len(picked) // 2) / lung_hu.size, abs=0.05)
+    assert row["perc15_hu"] == pytest.approx(np.percentile(lung_hu, 15), rel=1e-9)
+    assert row["lung_volume_l"] == pytest.approx(lung_hu.size * 45.0 / 1e6, rel=1e-9)
+
+
 def test_cli_rerun_skips_done_subjects_and_exits_nonzero_for_failures(store, cohort_dir, tmp_path, capsys):
     config = tmp_path / "cohort.yaml"
     config.write_text(yaml.safe_dump({"name": "t", "manifest": str(cohort_dir / "manifest.csv"),

@@ -68,6 +68,8 @@ def test_cli_evaluate_writes_every_output(cohort_dir, capsys):
 
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "Synthetic cohort" in report and "not from patients" in report
+    how = report[report.index("## How"):]
+    assert "below −950 HU" in how and "15th percentile" in how and "acquired image" in how
     assert "Synthetic cohort" in (out / "report.html").read_text(encoding="utf-8")
     # 36 subjects: logFEV1pp drops S007 (outcome) and S011 (features); the others drop S011 only
     assert "| logFEV1pp | continuous | 36 | 1 | 1 | 34 |" in report

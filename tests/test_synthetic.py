@@ -46,8 +46,8 @@ def table(cohort: Path) -> pd.DataFrame:
         z = np.nonzero(lung)[0]
         upper = lung & (np.arange(lung.shape[0]) >= np.percentile(z, 67))[:, None, None]
         lower = lung & (np.arange(lung.shape[0]) <= np.percentile(z, 33))[:, None, None]
-        rows.append({"sid": r.sid, "laa": 100 * np.mean(ct[lung] <= -950), "mean_hu": ct[lung].mean(),
-                     "laa_upper": 100 * np.mean(ct[upper] <= -950), "laa_lower": 100 * np.mean(ct[lower] <= -950)})
+        rows.append({"sid": r.sid, "laa": 100 * np.mean(ct[lung] < -950), "mean_hu": ct[lung].mean(),
+                     "laa_upper": 100 * np.mean(ct[upper] < -950), "laa_lower": 100 * np.mean(ct[lower] < -950)})
     return manifest.merge(pd.read_csv(cohort / "latents.csv"), on="sid").merge(pd.DataFrame(rows), on="sid")
 
 

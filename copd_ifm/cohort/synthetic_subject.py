@@ -8,7 +8,7 @@ to destroy), ``cle_share`` (its centrilobular part; the rest is para-septal),
 ``airway`` (airway-disease factor, 0..1), ``site`` with its ``noise_sd_hu`` and
 ``kernel_sigma_mm``, ``body_size`` (z-score), and as measured on the rendered
 subject ``lung_volume_l``, ``cle_fraction``, ``pse_fraction`` (fractions of the
-lung mask) and ``laa950_pct`` (% of mask voxels ≤ −950 HU in the written image).
+lung mask) and ``laa950_pct`` (% of mask voxels < −950 HU in the written image).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def make_subject(task: tuple[str, int, int, float]) -> dict[str, Any]:
         "lung_volume_l": round(rendered.lung_volume_l, 4),
         "cle_fraction": round(rendered.cle_fraction, 5),
         "pse_fraction": round(rendered.pse_fraction, 5),
-        "laa950_pct": round(100.0 * float(np.mean(ct[lung] <= -950)), 3),
+        "laa950_pct": round(100.0 * float(np.mean(ct[lung] < -950)), 3),
     }
     atomic_write_text(out / PARTIAL_DIR / f"{sid}.json", json.dumps(row))
     return row

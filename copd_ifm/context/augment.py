@@ -1,11 +1,17 @@
-"""Batched 3-D augmentations of CT patches, on whatever device the batch is on.
+"""Batched 3-D augmentations of CT patches with the anchor's MONAI settings, on whatever device the batch is on.
 
-MONAI's ``Rand3DElastic`` resamples one patch at a time (≈ 23 ms per 32³ patch
-on a CPU core, slower than the encoder), so these transforms draw their random
-parameters per *group* of patches and resample a whole batch ``[B, 1, P, P, P]``
-with a single ``grid_sample``. A group is one patch (patch level) or one
-subject view (graph level: all its patches share one deformation, as in the
-anchor). Intensities are network units, ``(HU + 1024)/632 − 1``.
+The anchor applies ``RandAdjustContrast`` (p 0.25, γ ~ U(0.5, 4.5)),
+``RandGaussianNoise`` (p 0.25, sd ~ U(0, 50 HU)) and then ``Rand3DElastic``
+(σ 8–12, magnitude 0–1264, rotation π/18, scale 0.1, translation 12 voxels,
+border padding) to one patch at a time; MONAI's elastic resampling alone
+takes ≈ 23 ms per 32³ patch on a CPU core, slower than the encoder. Here the
+random parameters are drawn per *group* of patches and a whole batch
+``[B, 1, P, P, P]`` is deformed with one batched field smoothing and one
+``grid_sample``. A group is one patch (patch level) or one subject view
+(graph level: all its patches share one contrast draw, with the subject's
+intensity range, one noise level and one deformation, as the anchor's
+subject tensor of 581 channels does). Intensities are network units,
+``(HU + 1024)/632 − 1``; the gamma change is invariant to that affine rescaling.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from torch import Tensor
 from copd_ifm.context.config import AugmentConfig
 
 HU_PER_UNIT = 632.0  # network unit = 632 HU
+REFERENCE_SIZE = 32  # config lengths are voxels of a 32³ patch (the anchor's 1 mm cube)
 
 
 def _rotation(angles: Tensor) -> Tensor:
@@ -31,11 +38,51 @@ def _rotation(angles: Tensor) -> Tensor:
     return rz @ ry @ rx
 
 
-class RandAffineElastic3D:
-    """Random rotation, scaling, translation and smooth elastic displacement, one draw per group.
+def _uniform(n: int, bounds: list[float], device: torch.device) -> Tensor:
+    return torch.empty(n, device=device).uniform_(bounds[0], bounds[1])
 
-    Lengths in the config are voxels of a 32³ patch and are scaled to the patch
-    size ``P``. Border padding (the anchor's ``padding_mode="border"``).
+
+def gaussian_matrices(sigma: Tensor, size: int, truncated: float = 3.0) -> Tensor:
+    """``[G, size, size]`` matrices that smooth one axis with MONAI's ``GaussianFilter(σ, truncated)``.
+
+    The kernel is MONAI's ``gaussian_1d`` with the erf approximation (the mass of
+    N(0, σ²) over each voxel), cut at ``⌊max(σ·truncated, 0.5) + 0.5⌋`` voxels; zero
+    padding at the borders, so the convolution of a length-``size`` axis is this
+    banded Toeplitz matrix. ``sigma`` ``[G]`` in voxels.
+    """
+    idx = torch.arange(size, device=sigma.device, dtype=torch.float32)
+    d = (idx[:, None] - idx[None, :])[None]                               # [1, size, size]
+    s = sigma.float().view(-1, 1, 1) * math.sqrt(2.0)
+    kernel = 0.5 * (torch.erf((d + 0.5) / s) - torch.erf((d - 0.5) / s))
+    tail = torch.floor((sigma.float() * truncated).clamp_min(0.5) + 0.5).view(-1, 1, 1)
+    return kernel * (d.abs() <= tail)
+
+
+def elastic_field(n: int, size: int, cfg: AugmentConfig, device: torch.device) -> Tensor:
+    """``n`` random displacement fields ``[n, 3, P, P, P]`` in voxels of ``P = size``, distributed as Rand3DElastic's.
+
+    At ``P = 32``: uniform(−1, 1) offsets smoothed by a Gaussian of σ ~ U(elastic_sigma)
+    (separable, zero padding) times magnitude ~ U(elastic_magnitude), as MONAI does.
+    At another ``P`` the field is the same one in mm: σ scales by ``f = P/32`` and,
+    since smoothing white noise of unit variance with σ leaves an sd ∝ σ^(−3/2),
+    the magnitude by ``f · f^(3/2)``, so displacements are ``f`` times the 32³ ones.
+    """
+    f = size / REFERENCE_SIZE
+    sigma = _uniform(n, cfg.elastic_sigma, device) * f
+    magnitude = _uniform(n, cfg.elastic_magnitude, device) * f ** 2.5
+    m = gaussian_matrices(sigma, size)
+    x = torch.rand(n, 3, size, size, size, device=device) * 2 - 1
+    x = torch.einsum("gij,gcjkl->gcikl", m, x)
+    x = torch.einsum("gkj,gcijl->gcikl", m, x)
+    x = torch.einsum("glj,gcikj->gcikl", m, x)
+    return x * magnitude.view(-1, 1, 1, 1, 1)
+
+
+class RandAffineElastic3D:
+    """Rand3DElastic batched: elastic offsets, then scale, translation and rotation, one draw per group.
+
+    As MONAI, a sampling point is ``R · (S · (p + offset) + t)`` with ``p`` the voxel
+    centre relative to the patch centre; bilinear sampling with border padding.
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
@@ -47,59 +94,77 @@ class RandAffineElastic3D:
         groups = torch.arange(b, device=x.device) if groups is None else groups.to(x.device)
         g = int(groups.max()) + 1
         cfg, dev = self.cfg, x.device
-        unit = 2.0 / p  # one voxel in normalised [-1, 1] coordinates
-        size_factor = p / 32.0
+        unit = 2.0 / p  # one voxel in normalised [-1, 1] coordinates (align_corners=False)
         angles = (torch.rand(g, 3, device=dev) * 2 - 1) * math.radians(cfg.rotate_deg)
         scale = 1 + (torch.rand(g, 3, device=dev) * 2 - 1) * cfg.scale
-        shift = (torch.rand(g, 3, device=dev) * 2 - 1) * cfg.translate_vox * size_factor * unit
-        theta = torch.cat([_rotation(angles) * scale[:, None, :], shift[:, :, None]], dim=2)
-        grid = F.affine_grid(theta[groups].to(x.dtype), list(x.shape), align_corners=False)
-        if cfg.elastic_vox > 0:
-            coarse = torch.randn(g, 3, cfg.elastic_grid, cfg.elastic_grid, cfg.elastic_grid, device=dev)
-            field = F.interpolate(coarse, size=(p, p, p), mode="trilinear", align_corners=True)
-            field = field.clamp(-2, 2) / 2 * cfg.elastic_vox * size_factor * unit
-            grid = grid + field[groups].permute(0, 2, 3, 4, 1).to(x.dtype)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        shift = (torch.rand(g, 3, device=dev) * 2 - 1) * cfg.translate_vox * (p / REFERENCE_SIZE) * unit
+        identity = torch.eye(3, 4, device=dev).expand(g, 3, 4)
+        points = F.affine_grid(identity, [g, 1, p, p, p], align_corners=False)         # [G, P, P, P, 3]
+        if cfg.elastic_magnitude[1] > 0:
+            points = points + elastic_field(g, p, cfg, dev).permute(0, 2, 3, 4, 1) * unit
+        rot = _rotation(angles)
+        linear = rot * scale[:, None, :]                                                 # R · S
+        offset = (rot @ shift[:, :, None]).view(g, 1, 1, 1, 3)                           # R · t
+        grid = torch.einsum("gijkc,gdc->gijkd", points, linear).add_(offset).to(x.dtype)
+        k = b // g
+        if b == g * k and torch.equal(groups, torch.arange(g, device=dev).repeat_interleave(k)):
+            # Equal consecutive groups (a batch of subject views): their patches become channels of one
+            # image per group, as in the anchor's subject tensor, so the grid is not copied per patch.
+            out = F.grid_sample(x.reshape(g, k * x.shape[1], p, p, p), grid, mode="bilinear",
+                                padding_mode="border", align_corners=False)
+            return out.view_as(x)
+        return F.grid_sample(x, grid[groups], mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _group_draw(groups: Tensor, p: float, values: Tensor, neutral: float) -> Tensor:
+    """Per-group ``values`` ``[G]`` kept with probability ``p`` (else ``neutral``), per patch ``[B, 1, 1, 1, 1]``."""
+    on = torch.rand(values.shape[0], device=values.device) < p
+    return torch.where(on, values, torch.full_like(values, neutral))[groups].view(-1, 1, 1, 1, 1)
 
 
 class RandGaussianNoise:
-    """Additive Gaussian noise of ``noise_hu`` HU, applied to each group with probability ``p``."""
+    """MONAI's RandGaussianNoise(sample_std=True): per group with probability ``p``, sd ~ U(0, ``noise_hu``) HU."""
 
     def __init__(self, noise_hu: float, p: float) -> None:
-        self.sd, self.p = noise_hu / HU_PER_UNIT, p
+        self.max_sd, self.p = noise_hu / HU_PER_UNIT, p
 
     def __call__(self, x: Tensor, groups: Tensor) -> Tensor:
         g = int(groups.max()) + 1
-        on = (torch.rand(g, device=x.device) < self.p)[groups].to(x.dtype).view(-1, 1, 1, 1, 1)
-        return x + on * torch.randn_like(x) * self.sd
+        sd = _group_draw(groups, self.p, torch.rand(g, device=x.device) * self.max_sd, 0.0)
+        return x + sd.to(x.dtype) * torch.randn_like(x)
 
 
 class RandAdjustContrast:
-    """Gamma contrast change on ``[0, 1]``-rescaled intensities (as MONAI's ``AdjustContrast``), per group."""
+    """MONAI's RandAdjustContrast: ``((x − min)/range)^γ · range + min``, γ ~ U(gamma_range) with probability ``p``.
+
+    ``min`` and ``range`` are over the whole group (a subject view's patches
+    share them, as in the anchor's one multi-channel subject image).
+    """
 
     def __init__(self, gamma_range: list[float], p: float) -> None:
-        self.low, self.high = gamma_range
-        self.p = p
+        self.gamma_range, self.p = gamma_range, p
 
     def __call__(self, x: Tensor, groups: Tensor) -> Tensor:
         g = int(groups.max()) + 1
-        gamma = torch.empty(g, device=x.device).uniform_(self.low, self.high)
-        gamma = torch.where(torch.rand(g, device=x.device) < self.p, gamma, torch.ones_like(gamma))[groups]
-        dims = (1, 2, 3, 4)
-        lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+        gamma = _group_draw(groups, self.p, _uniform(g, self.gamma_range, x.device), 1.0)
+        flat = x.flatten(1)
+        lo = torch.full((g,), math.inf, device=x.device, dtype=x.dtype).scatter_reduce(
+            0, groups, flat.amin(1), "amin")[groups].view(-1, 1, 1, 1, 1)
+        hi = torch.full((g,), -math.inf, device=x.device, dtype=x.dtype).scatter_reduce(
+            0, groups, flat.amax(1), "amax")[groups].view(-1, 1, 1, 1, 1)
         rng = (hi - lo).clamp_min(1e-6)
-        return ((x - lo) / rng).pow(gamma.view(-1, 1, 1, 1, 1).to(x.dtype)) * rng + lo
+        return ((x - lo) / rng).pow(gamma.to(x.dtype)) * rng + lo
 
 
 class PatchAugment:
-    """The full view: deformation, then contrast and noise; one random draw per group."""
+    """The full view in the anchor's order: contrast, noise, then the deformation; one draw per group."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
-        self.deform = RandAffineElastic3D(cfg)
         self.contrast = RandAdjustContrast(cfg.gamma_range, cfg.p_contrast)
         self.noise = RandGaussianNoise(cfg.noise_hu, cfg.p_noise)
+        self.deform = RandAffineElastic3D(cfg)
 
     def __call__(self, x: Tensor, groups: Tensor | None = None) -> Tensor:
         """``x`` ``[B, 1, P, P, P]`` → augmented ``[B, 1, P, P, P]``."""
         groups = torch.arange(x.shape[0], device=x.device) if groups is None else groups.to(x.device)
-        return self.noise(self.contrast(self.deform(x, groups), groups), groups)
+        return self.deform(self.noise(self.contrast(x, groups), groups), groups)

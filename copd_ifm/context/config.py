@@ -14,15 +14,25 @@ from copd_ifm.contrastive.optim import OptimConfig
 
 @dataclass
 class ModelConfig:
-    """Patch encoder (3-D CNN) and graph encoder (GCN) widths."""
+    """Patch encoder (3-D CNN) and graph encoder (GCN) widths.
 
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv stage widths
+    ``encoder: anchor`` is the anchor's trunk (``channels`` [8, 16, 32, 64] then
+    ``feat_dim`` 128: 13 convolutions down to 1³ at 32³), location joined only
+    to the projection head; ``compact`` is a stride-2 stage per ``channels``
+    entry, with the location inside the encoder (the demo's; the default here so
+    that run folders written before the option existed load unchanged).
+    """
+
+    encoder: str = "compact"     # anchor | compact
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # conv widths before the feat_dim block
     feat_dim: int = 128          # patch / node feature width (the anchor: 128)
     embed_dim: int = 128         # MoCo embedding width
     mlp_head: bool = True        # MoCo-v2 MLP head
-    use_location: bool = True    # join normalised atlas coordinates before the head (131 → 128)
+    use_location: bool = True    # join normalised atlas coordinates (anchor: head input 131; compact: in the encoder)
 
     def validate(self) -> None:
+        if self.encoder not in {"anchor", "compact"}:
+            raise ValueError(f"model.encoder must be anchor or compact, got {self.encoder!r}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError("model.channels must be a non-empty list of positive widths")
 
@@ -43,20 +53,36 @@ class MoCoSettings:
 
 @dataclass
 class AugmentConfig:
-    """Batched 3-D augmentation; lengths in voxels of a 32³ patch, scaled to the patch size."""
+    """Batched 3-D augmentation with the anchor's MONAI settings; lengths in voxels of a 32³ patch.
 
-    rotate_deg: float = 10.0       # the anchor: π/18
+    Order and draws as the anchor's ``Compose([RandAdjustContrast, RandGaussianNoise,
+    Rand3DElastic])``: contrast, then noise, then the deformation. Lengths are
+    scaled to the patch size ``P`` (a 16³ patch at 2 mm gets the same
+    deformation in mm as a 32³ one at 1 mm).
+    """
+
+    rotate_deg: float = 10.0       # the anchor: π/18 per axis
     scale: float = 0.1
     translate_vox: float = 12.0
-    elastic_vox: float = 2.0       # max smooth displacement
-    elastic_grid: int = 4          # control points per axis of the displacement field
-    noise_hu: float = 50.0         # Gaussian noise sd (HU), applied with p_noise
+    # Rand3DElastic: uniform(−1, 1) offsets per voxel, Gaussian-smoothed with σ ~ U(elastic_sigma),
+    # times a magnitude ~ U(elastic_magnitude) (voxels); the anchor: σ 8–12, magnitude 0–1264.
+    elastic_sigma: list[float] = field(default_factory=lambda: [8.0, 12.0])
+    elastic_magnitude: list[float] = field(default_factory=lambda: [0.0, 1264.0])
+    noise_hu: float = 50.0         # Gaussian noise sd drawn from U(0, noise_hu) HU, applied with p_noise
     p_noise: float = 0.25
-    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])  # contrast, applied with p_contrast
+    gamma_range: list[float] = field(default_factory=lambda: [0.5, 4.5])  # MONAI's default, applied with p_contrast
     p_contrast: float = 0.25
     # Graph views in "feature" mode (see ScheduleConfig.graph_views): node dropout and feature noise.
     node_drop: float = 0.1
     feature_noise: float = 0.1     # sd as a fraction of each feature's sd over the cohort
+
+    def validate(self) -> None:
+        for name in ("elastic_sigma", "elastic_magnitude", "gamma_range"):
+            pair = getattr(self, name)
+            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+                raise ValueError(f"augment.{name} must be [low, high] with 0 <= low <= high, got {pair}")
+        if self.elastic_sigma[0] <= 0:
+            raise ValueError(f"augment.elastic_sigma must be > 0, got {self.elastic_sigma}")
 
 
 @dataclass

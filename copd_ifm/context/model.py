@@ -1,6 +1,9 @@
 """The context-aware model: a patch-level MoCo and a graph-level MoCo sharing one patch encoder.
 
-Patch level: ``MoCo(PatchEncoder)`` with one queue per landmark (or one shared).
+Patch level: ``MoCo`` over the patch encoder with one queue per landmark (or
+one shared). ``model.encoder: anchor``: the anchor's trunk, the location
+joined after it, so it enters only the projection head (131 → 131 → 128);
+``compact``: a shallower CNN with the location inside the encoder.
 Graph level: node features are the *frozen* patch encoder's features of every
 landmark of a subject; ``MoCo(GraphEncoder)`` contrasts subjects. Both use the
 shared engine (:class:`copd_ifm.contrastive.MoCo`), whose outputs feed
@@ -11,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from copd_ifm.context.config import PretrainConfig
-from copd_ifm.context.encoders import GraphEncoder, PatchEncoder
+from copd_ifm.context.config import ModelConfig, PretrainConfig
+from copd_ifm.context.encoders import AnchorEncoder, GraphEncoder, LocationJoin, PatchEncoder
 from copd_ifm.contrastive import MoCo
 
 
@@ -24,6 +27,13 @@ def batched_edges(edge_index: Tensor, n_nodes: int, n_graphs: int) -> tuple[Tens
     return edges, batch
 
 
+def patch_module(m: ModelConfig) -> LocationJoin | PatchEncoder:
+    """The module MoCo wraps at patch level: ``(patches [B, 1, P, P, P], location [B, 3])`` → ``[B, out_dim]``."""
+    if m.encoder == "anchor":
+        return LocationJoin(AnchorEncoder(m.channels, m.feat_dim), m.use_location)
+    return PatchEncoder(m.channels, m.feat_dim, m.use_location)
+
+
 class ContextModel(nn.Module):
     """Holds both MoCo levels; ``landmark_coords`` ``[L, 3]`` and ``edge_index`` ``[2, E]`` are buffers."""
 
@@ -33,8 +43,8 @@ class ContextModel(nn.Module):
         n_landmarks = landmark_coords.shape[0]
         self.register_buffer("landmark_coords", landmark_coords.float())
         self.register_buffer("edge_index", edge_index.long())
-        self.patch = MoCo(PatchEncoder(m.channels, m.feat_dim, m.use_location), m.feat_dim, m.embed_dim,
-                          moco.patch_queue, moco.momentum, m.mlp_head,
+        patch = patch_module(m)
+        self.patch = MoCo(patch, patch.out_dim, m.embed_dim, moco.patch_queue, moco.momentum, m.mlp_head,
                           num_queues=n_landmarks if moco.per_landmark_queue else 1)
         self.graph = MoCo(GraphEncoder(m.feat_dim), m.feat_dim, m.embed_dim, moco.graph_queue, moco.momentum,
                           m.mlp_head, shuffle_bn=False)
@@ -45,8 +55,8 @@ class ContextModel(nn.Module):
         return self.landmark_coords.shape[0]
 
     @property
-    def patch_encoder(self) -> PatchEncoder:
-        """The query patch encoder (no projection head)."""
+    def patch_encoder(self) -> LocationJoin | PatchEncoder:
+        """The query patch encoder (no projection head); ``features`` gives node features."""
         return self.patch.encoder_q.encoder
 
     @property
@@ -68,7 +78,8 @@ class ContextModel(nn.Module):
         was_training = encoder.training
         encoder.eval()
         with torch.no_grad():
-            out = torch.cat([encoder(flat[i:i + chunk], loc[i:i + chunk]) for i in range(0, g * n, chunk)])
+            out = torch.cat([encoder.features(flat[i:i + chunk], loc[i:i + chunk])
+                             for i in range(0, g * n, chunk)])
         encoder.train(was_training)
         return out
 

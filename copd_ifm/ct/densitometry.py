@@ -1,4 +1,10 @@
-"""Classical CT densitometry of the lungs: the baseline COPD imaging papers report against."""
+"""Classical CT densitometry of the lungs: the baseline COPD imaging papers report against.
+
+Conventions as COPDGene's: measured on the acquired image and its lung mask
+(not a resampled grid, whose interpolation smooths noise and lowers
+%LAA-950), %LAA-950 counts lung voxels strictly below −950 HU (integer HU put
+many voxels at exactly −950), Perc15 is the 15th percentile of lung HU.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -12,13 +18,13 @@ PERCENTILE = 15.0
 def densitometry(ct: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> dict[str, float]:
     """%LAA-950, Perc15 and lung volume of a CT (HU, any shape) within a same-shape lung ``mask``.
 
-    ``laa950_pct``: percent of lung voxels <= -950 HU; ``perc15_hu``: 15th
+    ``laa950_pct``: percent of lung voxels < −950 HU; ``perc15_hu``: 15th
     percentile of lung HU (linear interpolation); ``lung_volume_l``: voxel
     count × ``voxel_mm3`` in litres.
     """
     lung = np.asarray(ct)[np.asarray(mask, dtype=bool)]
     if lung.size == 0:
         raise SubjectError("empty lung mask: no densitometry")
-    return {"laa950_pct": float(100.0 * np.count_nonzero(lung <= LAA_THRESHOLD_HU) / lung.size),
+    return {"laa950_pct": float(100.0 * np.count_nonzero(lung < LAA_THRESHOLD_HU) / lung.size),
             "perc15_hu": float(np.percentile(lung, PERCENTILE)),
             "lung_volume_l": float(lung.size * voxel_mm3 / 1e6)}

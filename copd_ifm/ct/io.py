@@ -154,6 +154,12 @@ class Grid:
                 and np.allclose(image.GetDirection(), self.direction, atol=1e-5))
 
 
+def image_grid(image: sitk.Image) -> Grid:
+    """The grid ``image`` lies on."""
+    return Grid(tuple(int(n) for n in image.GetSize()), tuple(float(s) for s in image.GetSpacing()),
+                tuple(float(o) for o in image.GetOrigin()), tuple(float(d) for d in image.GetDirection()))
+
+
 def grid_covering(points: np.ndarray, spacing_mm: float, direction: Sequence[float]) -> Grid:
     """Isotropic grid with axes along ``direction`` whose voxels tile the box around ``points`` ([N, 3] mm)."""
     axes = np.asarray(direction, dtype=float).reshape(3, 3)   # column c: physical direction of index axis c

@@ -28,7 +28,7 @@ import json
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ import yaml
 
 from copd_ifm.files import atomic_write_text, file_lock, file_sha1
 from copd_ifm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "config.yaml"
 LANDMARKS_CSV = "landmarks.csv"
@@ -215,6 +218,12 @@ class PatchStore:
     def centers(self, sid: str) -> np.ndarray:
         """[L, 3] float32 mapped corners of ``sid`` (continuous x, y, z voxel indices)."""
         return np.load(self._file(CENTERS, sid))
+
+    def subject_graph(self, sid: str) -> torch.Tensor:
+        """The anchor's overlap graph of ``sid`` from its mapped corners: ``edge_index`` ``[2, E]`` with self loops."""
+        from copd_ifm.ct.graph import overlap_graph
+
+        return overlap_graph(self.centers(sid), self.patch_size)
 
     def __len__(self) -> int:
         return len(self.sids)

@@ -22,7 +22,8 @@ from copd_ifm.cohort.config import RegistrationConfig
 from copd_ifm.ct import store as st
 from copd_ifm.ct.densitometry import densitometry
 from copd_ifm.ct.errors import SubjectError
-from copd_ifm.ct.io import Grid, check_hounsfield, isotropic_grid, mask_on_image_grid, read_image, resample
+from copd_ifm.ct.io import (Grid, check_hounsfield, image_grid, isotropic_grid, mask_on_image_grid, read_image,
+                            resample)
 from copd_ifm.ct.lung_mask import binarize, check_lung_volume, lungmask_segmentation, threshold_segmentation
 from copd_ifm.ct.patches import corner_voxels, extract_patches, subject_corners, to_stored_hu
 from copd_ifm.ct.registration import atlas_coarse, coarse_fraction, map_points, register_masks
@@ -68,17 +69,22 @@ def _one_line(exc: object) -> str:
     return text[:300]
 
 
-def _lung_mask(task: SubjectTask, settings: Settings, image: sitk.Image, ct: sitk.Image,
-               grid: Grid) -> tuple[sitk.Image, str]:
+def _lung_masks(task: SubjectTask, settings: Settings, image: sitk.Image, ct: sitk.Image,
+                grid: Grid) -> tuple[sitk.Image, sitk.Image, str]:
+    """``(mask on the isotropic grid, mask on the native image grid, source)``.
+
+    A manifest mask is native already (resampled nearest-neighbour to the
+    grid); a computed one (threshold, lungmask) is made on the isotropic CT and
+    resampled nearest-neighbour back onto the native grid for densitometry.
+    """
     source = settings.lung_seg
     if source == "auto":
         source = "manifest" if task.lung_mask is not None else "threshold"
     if source == "manifest":
-        labels = mask_on_image_grid(image, read_image(task.lung_mask))
-        return resample(binarize(labels), grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), source
-    if source == "threshold":
-        return threshold_segmentation(ct), source
-    return lungmask_segmentation(ct), source
+        native = binarize(mask_on_image_grid(image, read_image(task.lung_mask)))
+        return resample(native, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), native, source
+    mask = threshold_segmentation(ct) if source == "threshold" else lungmask_segmentation(ct)
+    return mask, resample(mask, image_grid(image), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), source
 
 
 def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
@@ -96,9 +102,12 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
             grid = isotropic_grid(image, settings.spacing_mm, settings.direction)
             ct = resample(image, grid)
         with _stage(record, "mask"):
-            mask, record["mask_source"] = _lung_mask(task, settings, image, ct, grid)
-            del image
+            mask, native_mask, record["mask_source"] = _lung_masks(task, settings, image, ct, grid)
             check_lung_volume(mask, settings.min_lung_volume_l)
+        with _stage(record, "densitometry"):   # COPDGene's way: the acquired image, not the resampled grid
+            lung = sitk.GetArrayViewFromImage(native_mask) > 0
+            record.update(densitometry(sitk.GetArrayViewFromImage(image), lung, float(np.prod(image.GetSpacing()))))
+            del image, native_mask
         with _stage(record, "register"):
             reg = settings.registration
             result = register_masks(atlas_coarse(settings.spacing_mm, reg.downsample_mm),
@@ -108,9 +117,6 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
             ct_array = sitk.GetArrayViewFromImage(ct)                 # a view: `ct` stays referenced
             raw, partial = extract_patches(ct_array, corner_voxels(corners), settings.patch_size)
             patches = to_stored_hu(raw)
-        with _stage(record, "densitometry"):
-            mask_array = sitk.GetArrayViewFromImage(mask) > 0
-            record.update(densitometry(ct_array, mask_array, float(np.prod(ct.GetSpacing()))))
         with _stage(record, "write"):
             record["sha1"] = files.save_npy(store / st.PATCHES / f"{task.sid}.npy", patches)
             files.save_npy(store / st.CENTERS / f"{task.sid}.npy", corners)
@@ -118,6 +124,7 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
             if task.qc:
                 from copd_ifm.ct.qc import save_qc_png
 
+                mask_array = sitk.GetArrayViewFromImage(mask) > 0
                 title = (f"{task.sid}: Dice {result.dice:.2f}, scale {result.scale:.2f}, "
                          f"lungs {record['lung_volume_l']:.2f} L")
                 save_qc_png(store / st.QC / f"{task.sid}.png", ct_array, mask_array, corners,

@@ -160,6 +160,9 @@ def _notes(ev: Evaluation) -> list[str]:
 
 def _method_text(ev: Evaluation) -> list[str]:
     return [
+        "Densitometry as COPDGene measures it, on the acquired image and its lung mask (not the resampled "
+        "grid): %LAA-950 = share of lung voxels below −950 HU (strictly: a voxel at −950 is not counted), "
+        "Perc15 = 15th percentile of lung HU (linear interpolation), lung volume = voxel count × voxel volume.",
         f"{ev.folds}-fold cross-validation, seed {ev.seed}: KFold for continuous outcomes, StratifiedKFold on the "
         "level for ordinal ones; the same folds for every method.",
         "For each outcome the subjects are those with the outcome and with features in every method; a subject "
