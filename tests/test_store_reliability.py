@@ -230,6 +230,7 @@ time.sleep(120)
 """
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    worker = 0
     try:
         worker = int(parent.stdout.readline())
         assert _state(worker) not in ("gone", "Z")
@@ -241,6 +242,8 @@ time.sleep(120)
         assert _state(worker) in ("gone", "Z")
     finally:
         parent.kill()
+        if worker and _state(worker) not in ("gone", "Z"):           # the watchdog failed: do not leak it
+            os.kill(worker, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("stage", ["preprocess", "pretrain", "evaluate"])

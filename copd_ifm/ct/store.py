@@ -144,7 +144,10 @@ def is_done(store: Path, sid: str, image: Path | None = None, mask: Path | None 
     if not record or record.get("status") != "ok" or record.get("settings_hash") != settings:
         return None
     inputs = record.get("inputs") or {}
-    if not (same_input(inputs.get("image"), image) and same_input(inputs.get("mask"), mask)):
+    try:
+        if not (same_input(inputs.get("image"), image) and same_input(inputs.get("mask"), mask)):
+            return None
+    except OSError:            # unreadable now: processing it again gives the subject its one-line reason
         return None
     patch = Path(store) / PATCHES / f"{sid}.npy"
     if not (patch.is_file() and (Path(store) / CENTERS / f"{sid}.npy").is_file()):

@@ -91,15 +91,14 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
     (a full disk) stops the run instead of failing the subject.
     """
     record: dict[str, Any] = {"sid": task.sid, "status": "failed", "n_patches": 0, "sha1": "",
-                              "image": str(task.image or ""), "error": "", "settings_hash": settings.settings_hash,
-                              "inputs": {"image": st.input_identity(task.image),
-                                         "mask": st.input_identity(task.lung_mask)}}
+                              "image": str(task.image or ""), "error": "", "settings_hash": settings.settings_hash}
     start, cpu_start = time.perf_counter(), time.process_time()
     store = Path(settings.store)
     try:
         with _stage(record, "read"):
             if task.image is None:
                 raise SubjectError("manifest row has no image path")
+            record["inputs"] = {"image": st.input_identity(task.image), "mask": st.input_identity(task.lung_mask)}
             image = read_image(task.image)
             check_hounsfield(image, task.image.name)
             grid = isotropic_grid(image, settings.spacing_mm, settings.direction)
