@@ -109,7 +109,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     cohort = resolve_cohort(args.cohort, _cohort_overrides(args))
     store = preprocess_cohort(cohort, out=Path(args.out) if args.out else None, workers=args.workers,
-                              shard=args.shard, lung_seg=args.lung_seg)
+                              shard=args.shard, lung_seg=args.lung_seg, force=args.force)
     failed = store.failures
     print(f"patch store {store.path}: {len(store.sids)} subjects ok, {len(failed)} failed; "
           f"{store.n_landmarks} landmarks, patches {store.patch_size}^3 at {store.config['spacing_mm']} mm")
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process only shard K of N (cluster array jobs)")
     p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask"], default=None,
                    help="lung mask source (default: the cohort's lung_seg)")
+    p.add_argument("--force", action="store_true",
+                   help="fill a store built from another manifest (changed subjects are processed again)")
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_preprocess)

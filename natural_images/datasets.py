@@ -28,12 +28,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
+from urllib.error import URLError
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
+from torchvision.datasets import cifar as tv_cifar
 from torchvision.datasets.utils import download_and_extract_archive
 
 from copd_ifm.errors import UserError
@@ -74,12 +77,57 @@ class DatasetSpec:
     downloadable: bool = True
 
 
+def _text(value: Any) -> Any:
+    """bytes → str (latin-1, as torchvision decodes CIFAR's Python 2 pickles); anything else unchanged."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One CIFAR python batch or meta file with str keys and labels, whether written with str or bytes
+    keys (``b"data"``, as some re-exports write; torchvision alone raises KeyError on those)."""
+    import pickle
+
+    with open(path, "rb") as fh:
+        entry = pickle.load(fh, encoding="latin1")
+    return {_text(k): [_text(x) for x in v] if isinstance(v, list) else v for k, v in entry.items()}
+
+
+class _CifarReader:
+    """torchvision's CIFAR reader (same files, md5 checks and download) over :func:`_read_cifar_pickle`."""
+
+    def __init__(self, root: Path, train: bool, transform: Transform | None, download: bool) -> None:
+        tvd.VisionDataset.__init__(self, str(root), transform=transform)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        folder = Path(self.root) / self.base_folder
+        names = self.train_list if train else self.test_list
+        batches = [_read_cifar_pickle(folder / name) for name, _ in names]
+        self.data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.targets = [t for b in batches for t in b.get("labels", b.get("fine_labels", []))]
+        meta = folder / self.meta["filename"]
+        if not tv_cifar.check_integrity(str(meta), self.meta["md5"]):
+            raise RuntimeError("Dataset metadata file not found or corrupted")
+        self.classes = _read_cifar_pickle(meta)[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+class CIFAR10(_CifarReader, tvd.CIFAR10):
+    """CIFAR-10, as torchvision reads it, also from pickles with bytes keys."""
+
+
+class CIFAR100(_CifarReader, tvd.CIFAR100):
+    """CIFAR-100, as torchvision reads it, also from pickles with bytes keys."""
+
+
 def _cifar10(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
-    return tvd.CIFAR10(root, train=split != "test", transform=transform, download=download)
+    return CIFAR10(root, train=split != "test", transform=transform, download=download)
 
 
 def _cifar100(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
-    return tvd.CIFAR100(root, train=split != "test", transform=transform, download=download)
+    return CIFAR100(root, train=split != "test", transform=transform, download=download)
 
 
 def _stl10(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
@@ -214,10 +262,14 @@ def build_dataset(data: DataConfig, split: Split, transform: Transform | None = 
                         f"its parent folder), or {hint}")
     try:
         dataset = spec.build(root, split, transform, data.download)
-    except (RuntimeError, FileNotFoundError) as exc:
+    except (URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"{data.dataset}: download failed ({reason}); connect to the internet and run again, or "
+                        f"put the dataset in {folder} and drop --download") from None
+    except (RuntimeError, FileNotFoundError, KeyError) as exc:
         raise UserError(f"{data.dataset}: {folder} is incomplete or corrupted ({exc}); delete it and pass "
                         f"--download (needs internet), or restore the files") from exc
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if data.limit and data.limit < n:
         # Evenly spaced, so folder-sorted datasets keep every class.
         return Subset(dataset, torch.linspace(0, n - 1, data.limit).round().long().unique().tolist())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copd_ifm.ct.densitometry import densitometry
+from copd_ifm.ct.densitometry import check_lung_mean_hu, densitometry
 from copd_ifm.ct.errors import SubjectError
 
 
@@ -19,6 +19,7 @@ def test_densitometry_hand_computed():
     # 15th percentile of 100 sorted values, linear interpolation: position 0.15 * 99 = 14.85 → both -1000
     assert result["perc15_hu"] == pytest.approx(-1000.0)
     assert result["lung_volume_l"] == pytest.approx(100 * 8.0 / 1e6)
+    assert result["lung_mean_hu"] == pytest.approx((20 * -1000 + 5 * -950 + 75 * (-949 - 700) / 2) / 100)
     values = np.sort(lung)
     shifted = densitometry(ct + 0.0, mask & (ct > -1000), voxel_mm3=1.0)   # drop the 20 air voxels: 80 left
     position = 0.15 * 79
@@ -37,3 +38,13 @@ def test_integer_hu_at_the_threshold():
     result = densitometry(ct, np.ones(ct.shape, bool), voxel_mm3=1.0)
     assert result["laa950_pct"] == 20.0                               # -1024 and -951 of 10 voxels
     assert result["perc15_hu"] == pytest.approx(-951 + 0.35 * 1)      # position 0.15·9 = 1.35 between -951 and -950
+
+
+@pytest.mark.parametrize("mean_hu, ok", [(-1000.0, False), (-991.0, False), (-990.0, True), (-850.0, True),
+                                         (-500.0, True), (-499.0, False), (40.0, False)])
+def test_lung_mean_hu_outside_minus_990_to_minus_500_fails_the_subject(mean_hu, ok):
+    if ok:
+        check_lung_mean_hu(mean_hu)
+    else:
+        with pytest.raises(SubjectError, match="implausible lung mean"):
+            check_lung_mean_hu(mean_hu)

@@ -63,6 +63,25 @@ def test_read_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-3)
 
 
+def test_multi_member_gzip_nifti_is_read_and_a_cut_one_is_truncated(tmp_path):
+    """bgzip and some PACS exports write a .nii.gz as several gzip members; only the last trailer holds
+    the size of the last member, which once made every such file look truncated."""
+    image = _volume(shape=(20, 16, 12))
+    plain = tmp_path / "ct.nii"
+    sitk.WriteImage(image, str(plain))
+    raw = plain.read_bytes()
+    members = gzip.compress(raw[:1000]) + gzip.compress(raw[1000:])
+    assert len(raw[1000:]) % 2**32 != len(raw) % 2**32                  # the last trailer alone disagrees
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(members)
+    back = read_image(multi)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(members[: len(members) - 200])
+    with pytest.raises(SubjectError, match="file is truncated"):
+        read_image(cut)
+
+
 def test_bad_inputs_raise_one_line_subject_errors(tmp_path):
     with pytest.raises(SubjectError, match="image not found"):
         read_image(tmp_path / "nope.nii.gz")

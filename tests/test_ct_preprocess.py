@@ -28,7 +28,8 @@ FAST = {"downsample_mm": 8.0, "shrink_factors": [2, 1], "smoothing_sigmas_mm": [
 OK = ["plain", "masked", "dicom", "turned"]
 FAILS = {"missing": "image not found", "truncated": "cannot read truncated.nii.gz: file is truncated",
          "flat": "2-D", "mismatch": "geometry mismatch: size", "tiny": "implausible lung mask",
-         "raw": "not in HU", "flipped": "registration diverged", "noimage": "no image path"}
+         "raw": "not in HU", "flipped": "registration diverged", "noimage": "no image path",
+         "allair": "implausible lung mean -1000 HU"}
 
 
 def _affine(matrix, shift) -> sitk.AffineTransform:
@@ -78,6 +79,7 @@ def cohort_dir(tmp_path_factory) -> Path:
         ("flipped", _write(flipped_ct, root / "images" / "flipped.nii.gz"),
          _write(flipped_mask, root / "masks" / "flipped.nii.gz")),
         ("noimage", "", ""),
+        ("allair", _write(ct * 0 - 1000, root / "images" / "allair.mha"), "masks/masked.nii.gz"),
     ]
     write_dicom_series(ct, root / "images" / "dicom")
     whole = (root / "images" / "plain.nii.gz").read_bytes()
@@ -147,8 +149,9 @@ def test_densitometry_matches_recomputation(store, cohort_dir):
     expected = densitometry(ct, mask, SPACING ** 3)
     row = store.densitometry().set_index("sid").loc["masked"]
     assert list(store.densitometry().columns) == ["sid", "laa950_pct", "perc15_hu", "lung_volume_l"]
-    for key, value in expected.items():
-        assert row[key] == pytest.approx(value, rel=1e-6)
+    for key in ("laa950_pct", "perc15_hu", "lung_volume_l"):
+        assert row[key] == pytest.approx(expected[key], rel=1e-6)
+    assert store.index.set_index("sid").loc["masked", "lung_mean_hu"] == pytest.approx(ct[mask].mean(), rel=1e-6)
 
 
 def test_densitometry_is_measured_on_the_native_grid(cohort_dir, tmp_path):
@@ -186,7 +189,7 @@ def test_cli_rerun_skips_done_subjects_and_exits_nonzero_for_failures(store, coh
     code = main(["preprocess", "--cohort", str(config), "--out", str(store.path), "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "4 subjects ok, 8 failed" in out and "failed missing: image not found" in out
+    assert "4 subjects ok, 9 failed" in out and "failed missing: image not found" in out
     after = {sid: record_path(store.path, sid).stat().st_mtime_ns for sid in before}
     assert all(after[sid] == before[sid] for sid in OK)               # done: skipped
     assert all(after[sid] > before[sid] for sid in FAILS)             # failed: tried again

@@ -169,6 +169,48 @@ def test_cifar_and_stl10_files_load_through_torchvision(tmp_path):
     assert np.array_equal(np.asarray(image), expected[3]) and label == labels[3]
 
 
+def _bytes_keys(value):
+    """A pickle entry with bytes keys and bytes strings, as some CIFAR re-exports write them."""
+    if isinstance(value, dict):
+        return {k.encode(): _bytes_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bytes_keys(v) for v in value]
+    return value.encode() if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("dataset, writer", [("cifar10", write_cifar10), ("cifar100", write_cifar100)])
+def test_cifar_pickles_with_bytes_keys_read_like_str_keys(tmp_path, dataset, writer):
+    writer(tmp_path / "str")
+    writer(tmp_path / "bytes")
+    for path in (tmp_path / "bytes").rglob("*"):
+        if path.is_file():
+            entry = pickle.loads(path.read_bytes(), encoding="latin1")
+            _pickle(path, _bytes_keys(entry))
+    with pytest.raises(KeyError):                                   # torchvision alone
+        getattr(torchvision.datasets, dataset.upper())(tmp_path / "bytes", train=True)
+    for split in ("train", "test"):
+        want = build_dataset(DataConfig(dataset=dataset, root=str(tmp_path / "str")), split)
+        got = build_dataset(DataConfig(dataset=dataset, root=str(tmp_path / "bytes")), split)
+        assert np.array_equal(got.data, want.data) and got.targets == want.targets
+        assert got.classes == want.classes and isinstance(got.classes[0], str)
+        assert np.array_equal(np.asarray(got[3][0]), np.asarray(want[3][0])) and got[3][1] == want[3][1]
+
+
+def test_offline_download_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    code = main(["vision", "pretrain", "--config", "cpu_tiny", "--dataset", "cifar10", "--download",
+                 "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 2 and len(err) == 1
+    assert "download failed" in err[0] and "name resolution" in err[0] and str(tmp_path / "data") in err[0]
+
+
 def test_tinyimagenet_official_layout_and_imagenet100_subset(tmp_path):
     wnids = ["n01443537", "n01629819", "n01641577"]
     write_tinyimagenet(tmp_path, wnids)

@@ -8,13 +8,17 @@ YAML are resolved against the YAML's folder; ``{data_home}`` expands to
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: COPDGene's column names for the canonical outcomes (see DESIGN.md §4).
 COPDGENE_OUTCOME_COLUMNS: dict[str, str] = {
@@ -71,7 +75,7 @@ class CohortConfig:
     landmark_min_lung_fraction: float = 0.1
     lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), "threshold", "lungmask"
     min_lung_volume_l: float = 0.5
-    store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>
+    store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>-<hash>
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
@@ -97,12 +101,31 @@ class CohortConfig:
 
     @property
     def store_path(self) -> Path:
-        return Path(self.store) if self.store else files.data_home() / "stores" / self.name
+        """``store``, else ``{data_home}/stores/<name>-<8 hex of the resolved manifest path>``: two
+        cohorts whose manifests sit in folders of the same name never share a default store."""
+        if self.store:
+            return Path(self.store)
+        key = hashlib.sha1(str(self.manifest_path.resolve()).encode()).hexdigest()[:8]
+        return files.data_home() / "stores" / f"{self.name}-{key}"
 
     @property
     def cube_mm(self) -> float:
         """Patch side in mm."""
         return self.patch_size * self.spacing_mm
+
+
+def read_manifest_csv(path: Path, **read_csv: Any) -> "pd.DataFrame":
+    """``pandas.read_csv(path, **read_csv)``; an empty or unparsable file is a one-line UserError."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **read_csv)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: manifest is empty (0 bytes or no header); write the header sid,image[,lung_mask] "
+                        "and one row per subject") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise UserError(f"{path}: manifest is not a readable CSV ({reason}); fix or re-export it") from None
 
 
 def _expand(value: str, base: Path) -> str:

@@ -20,11 +20,27 @@ def densitometry(ct: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> dict[str
 
     ``laa950_pct``: percent of lung voxels < −950 HU; ``perc15_hu``: 15th
     percentile of lung HU (linear interpolation); ``lung_volume_l``: voxel
-    count × ``voxel_mm3`` in litres.
+    count × ``voxel_mm3`` in litres; ``lung_mean_hu``: mean lung HU.
     """
     lung = np.asarray(ct)[np.asarray(mask, dtype=bool)]
     if lung.size == 0:
         raise SubjectError("empty lung mask: no densitometry")
     return {"laa950_pct": float(100.0 * np.count_nonzero(lung < LAA_THRESHOLD_HU) / lung.size),
             "perc15_hu": float(np.percentile(lung, PERCENTILE)),
-            "lung_volume_l": float(lung.size * voxel_mm3 / 1e6)}
+            "lung_volume_l": float(lung.size * voxel_mm3 / 1e6),
+            "lung_mean_hu": float(lung.mean(dtype=np.float64))}
+
+
+#: Plausible mean HU of a lung mask on a CT: below, the "lungs" are pure air (an all-air image, or a mask
+#: outside the body); above, the mask covers soft tissue or the image is not in HU.
+LUNG_MEAN_HU_RANGE = (-990.0, -500.0)
+
+
+def check_lung_mean_hu(mean_hu: float) -> None:
+    """SubjectError unless the lung mean HU lies in :data:`LUNG_MEAN_HU_RANGE`."""
+    low, high = LUNG_MEAN_HU_RANGE
+    if not low <= mean_hu <= high:
+        what = "pure air: an all-air image or a mask outside the body" if mean_hu < low else \
+            "soft tissue: the mask is not on the lungs, or the image is not in HU"
+        raise SubjectError(f"implausible lung mean {mean_hu:.0f} HU (expected {low:.0f} to {high:.0f}); "
+                           f"the lung mask holds {what}")

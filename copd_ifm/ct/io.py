@@ -12,9 +12,11 @@ orientation the scanner stored.
 """
 from __future__ import annotations
 
+import gzip
 import itertools
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,12 +42,31 @@ def _itk_reason(exc: Exception) -> str:
     return text[:200] or type(exc).__name__
 
 
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size of a gzip file, every member included (streamed, 1 MiB at a time).
+
+    SubjectError if the stream ends early or is damaged.
+    """
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                total += len(block)
+    except EOFError as exc:
+        raise SubjectError(f"cannot read {path.name}: file is truncated (the gzip stream ends early)") from exc
+    except (OSError, zlib.error) as exc:
+        raise SubjectError(f"cannot read {path.name}: damaged gzip ({' '.join(str(exc).split())[:120]})") from exc
+    return total
+
+
 def _check_nifti_complete(path: Path) -> None:
     """SubjectError if a NIfTI file holds less data than its header promises.
 
     ITK reads a truncated NIfTI without complaint (the missing voxels read 0),
-    so compare the header's data size with the file size, or for ``.nii.gz``
-    with the gzip trailer's uncompressed size (mod 2^32).
+    so compare the header's data size with the file size. For ``.nii.gz`` the
+    gzip trailer's size field (mod 2^32) settles the usual single-member file
+    at no cost; otherwise (several members, as bgzip writes, or a damaged
+    file) the whole file is decompressed and counted.
     """
     try:
         header = nibabel.load(str(path))
@@ -55,7 +76,7 @@ def _check_nifti_complete(path: Path) -> None:
     if path.name.endswith(".gz"):
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
-            complete = int.from_bytes(fh.read(4), "little") == expected % 2**32
+            complete = int.from_bytes(fh.read(4), "little") == expected % 2**32 or _gzip_size(path) >= expected
     else:
         complete = path.stat().st_size >= expected
     if not complete:

@@ -3,9 +3,15 @@
 Once per store: the resolved config, the atlas landmarks and the landmark
 graph. Then each subject of this shard (manifest rows ``K, K+N, K+2N, ...``
 for ``--shard K/N``) runs in a pool of worker processes with a progress bar.
-Re-runs skip subjects whose record is ``ok`` and whose patch file matches its
-checksum, and redo failed or partial ones. A bad subject is recorded in
-``failures.csv`` and never stops the run.
+Re-runs skip subjects whose record is ``ok``, made from the same input files
+and settings, and whose patch file matches its checksum; they redo failed,
+partial and changed ones. A bad subject is recorded in ``failures.csv`` and
+never stops the run; a full disk does (a one-line error, no temp file left).
+
+A store belongs to one manifest (recorded in its ``config.yaml``): filling it
+from another is refused unless ``force``. One preprocess per store and shard
+runs at a time (``.preprocess*.lock``); temporary files of killed runs are
+removed at start.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.cohort.atlas import load_atlas_mask
-from copd_ifm.cohort.config import CohortConfig
+from copd_ifm.cohort.config import CohortConfig, read_manifest_csv
 from copd_ifm.ct import store as st
 from copd_ifm.ct.graph import landmark_graph
 from copd_ifm.ct.landmarks import atlas_landmarks, landmark_table, step_voxels
@@ -54,7 +60,7 @@ def read_manifest(cohort: CohortConfig, qc_samples: int = QC_SAMPLES) -> list[Su
     if not path.is_file():
         raise UserError(f"manifest not found: {path} (cohort {cohort.name!r}: set `manifest` to a CSV with "
                         "columns sid,image[,lung_mask])")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_manifest_csv(path, dtype=str, keep_default_na=False)
     for column in ("sid", "image"):
         if column not in table.columns:
             raise UserError(f"{path}: missing column {column!r} (need sid,image[,lung_mask])")
@@ -81,39 +87,62 @@ def _store_settings(cohort: CohortConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict(cohort).items() if k in STORE_FIELDS}
 
 
-def prepare_store(cohort: CohortConfig, out: Path) -> Settings:
+def _check_manifest(cohort: CohortConfig, out: Path, before: dict[str, Any], force: bool) -> None:
+    """UserError if the store at ``out`` was filled from another manifest than ``cohort``'s (unless ``force``)."""
+    theirs, ours = before.get("manifest"), str(cohort.manifest_path.resolve())
+    if theirs and theirs != ours and not force:
+        raise UserError(f"{out} holds cohort {before.get('name')!r} (manifest {theirs}), not cohort "
+                        f"{cohort.name!r} (manifest {ours}); use another --out, or pass --force to refill it "
+                        "(subjects whose image or mask differ are then processed again)")
+
+
+def prepare_store(cohort: CohortConfig, out: Path, force: bool = False) -> Settings:
     """Write the once-per-store files (config, landmarks, graph) unless present, and check that an
-    existing store was built with the same settings; returns the subjects' shared settings."""
+    existing store was built with the same settings and from the same manifest (see
+    :func:`_check_manifest`); returns the subjects' shared settings."""
     corners = atlas_landmarks(cohort.spacing_mm, cohort.patch_size, cohort.landmark_step_mm,
                               cohort.landmark_min_lung_fraction)
     table = landmark_table(corners, cohort.spacing_mm)
+    now = _store_settings(cohort)
     with st.locked(out):
         existing = out / st.CONFIG
-        if existing.is_file():
-            before = {k: v for k, v in (yaml.safe_load(existing.read_text(encoding="utf-8")) or {}).items() if k in STORE_FIELDS}
-            now = _store_settings(cohort)
+        before = (yaml.safe_load(existing.read_text(encoding="utf-8")) or {}) if existing.is_file() else {}
+        if before:
             changed = sorted(k for k in now if before.get(k) != now[k])
             if changed:
                 raise UserError(f"{out} was built with other settings ({', '.join(changed)} differ); "
                                 "use another --out or delete that store")
-        if not all((out / n).is_file() for n in (st.CONFIG, st.LANDMARKS_CSV, st.LANDMARKS_NPY, st.GRAPH)):
+            _check_manifest(cohort, out, before, force)
+        graph_ok = (out / st.GRAPH).is_file() and _loads(out / st.GRAPH)
+        if not (graph_ok and all((out / n).is_file() for n in (st.CONFIG, st.LANDMARKS_CSV, st.LANDMARKS_NPY))):
             st.write_csv(out / st.LANDMARKS_CSV, table)
             files.save_npy(out / st.LANDMARKS_NPY, corners)
             graph = landmark_graph(corners, step_voxels(cohort.landmark_step_mm, cohort.spacing_mm))
-            files.save_torch(out / st.GRAPH, graph)
+            files.save_torch(out / st.GRAPH, st.graph_tensors(graph))
             cfg.save_resolved(cohort, out / st.CONFIG)               # last: marks the store files complete
+        elif before.get("manifest") != str(cohort.manifest_path.resolve()):
+            cfg.save_resolved(cohort, out / st.CONFIG)               # --force: the store now follows this manifest
     return Settings(store=out, spacing_mm=cohort.spacing_mm, patch_size=cohort.patch_size,
                     lung_seg=cohort.lung_seg, min_lung_volume_l=cohort.min_lung_volume_l,
                     registration=cohort.registration,
                     direction=tuple(load_atlas_mask(cohort.spacing_mm).GetDirection()),
-                    landmarks_mm=table[["x_mm", "y_mm", "z_mm"]].to_numpy())
+                    landmarks_mm=table[["x_mm", "y_mm", "z_mm"]].to_numpy(), settings_hash=st.settings_hash(now))
+
+
+def _loads(graph: Path) -> bool:
+    """Whether ``graph.pt`` loads as plain tensors (an older store pickled the graph object)."""
+    try:
+        st.load_graph(graph)
+    except UserError:
+        return False
+    return True
 
 
 def _pool(workers: int, settings: Settings) -> ProcessPoolExecutor:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: ITK's thread pool does not survive a fork
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_worker, initargs=(settings, threads))
+                               initializer=init_worker, initargs=(settings, threads, os.getpid()))
 
 
 def _run(tasks: list[SubjectTask], settings: Settings, workers: int) -> Iterator[tuple[dict[str, Any], bool]]:
@@ -123,7 +152,8 @@ def _run(tasks: list[SubjectTask], settings: Settings, workers: int) -> Iterator
     breaks the pool and every subject still queued in it. The subjects that
     were running then (their ``records/<sid>.running`` marker is left) are
     tried again alone, where a crash is their own failure; the others go to a
-    fresh pool. The run goes on either way.
+    fresh pool. The run goes on either way, except for a UserError (a full
+    disk), which cancels the queued subjects and propagates.
     """
     if workers == 1:
         yield from (run_subject(t, settings) for t in tasks)
@@ -133,11 +163,15 @@ def _run(tasks: list[SubjectTask], settings: Settings, workers: int) -> Iterator
         broken = []
         with _pool(workers, settings) as pool:
             futures = {pool.submit(work, t): t for t in pending}
-            for future in as_completed(futures):
-                try:
-                    yield future.result()
-                except BrokenProcessPool:
-                    broken.append(futures[future])
+            try:
+                for future in as_completed(futures):
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        broken.append(futures[future])
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)     # not the queued subjects: stop now
+                raise
         suspects = [t for t in broken if st.running_path(settings.store, t.sid).exists()] or broken
         for task in suspects:
             with _pool(1, settings) as pool:
@@ -168,13 +202,15 @@ def _progress(records: Iterable[tuple[dict[str, Any], bool]], total: int, name: 
 
 def preprocess_cohort(cohort: CohortConfig, out: Path | None = None, workers: int = 2,
                       shard: tuple[int, int] = (0, 1), lung_seg: str | None = None,
-                      qc_samples: int = QC_SAMPLES) -> PatchStore:
+                      qc_samples: int = QC_SAMPLES, force: bool = False) -> PatchStore:
     """Build (or complete) the patch store of ``cohort`` and return it.
 
     ``out``: store folder (default ``cohort.store_path``); ``workers``:
     processes; ``shard``: (K, N) processes manifest rows K, K+N, ...;
-    ``lung_seg``: overrides ``cohort.lung_seg``. Raises UserError when the
-    store ends up with no successfully preprocessed subject.
+    ``lung_seg``: overrides ``cohort.lung_seg``; ``force``: fill a store
+    built from another manifest. Raises UserError when the store ends up with
+    no successfully preprocessed subject, when another preprocess of this
+    store and shard is running, or when the disk is full.
     """
     k, n = shard
     if not (n >= 1 and 0 <= k < n):
@@ -192,7 +228,18 @@ def preprocess_cohort(cohort: CohortConfig, out: Path | None = None, workers: in
     ensure_cohort(cohort)
     out = Path(out) if out is not None else cohort.store_path
     tasks = read_manifest(cohort, qc_samples)
-    settings = prepare_store(cohort, out)
+    lock = out / (".preprocess.lock" if n == 1 else f".preprocess-{k}-of-{n}.lock")
+    with files.file_lock(lock, f"preprocess (shard {k}/{n})", timeout=0):
+        swept = files.sweep_temps(out)
+        if swept:
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", swept, out)
+        return _fill(cohort, out, tasks, prepare_store(cohort, out, force), (k, n), workers)
+
+
+def _fill(cohort: CohortConfig, out: Path, tasks: list[SubjectTask], settings: Settings, shard: tuple[int, int],
+          workers: int) -> PatchStore:
+    """Process this shard's subjects into the prepared store ``out`` and merge the index."""
+    k, n = shard
     mine = tasks[k::n]
     log.info("preprocess %s: %d of %d subjects (shard %d/%d) → %s", cohort.name, len(mine), len(tasks), k, n, out)
     counts = _progress(_run(mine, settings, min(workers, max(1, len(mine)))), len(mine), cohort.name)

@@ -6,13 +6,16 @@ Layout of a store folder::
     landmarks.csv        landmark, i, j, k (atlas corner, voxels at the cohort spacing),
                          x_mm, y_mm, z_mm (corner position), nx, ny, nz (normalised coords)
     landmarks.npy        [L, 3] int64 atlas corners (i, j, k)
-    graph.pt             torch_geometric Data (torch.save): x [L, 3], pos [L, 3], edge_index [2, E]
+    graph.pt             plain tensors (torch.save of a dict, read with weights_only=True):
+                         x [L, 3] float32, pos [L, 3] float32, edge_index [2, E] int64
     index.csv            one row per processed subject (INDEX_COLUMNS), merged from records/
     failures.csv         sid, reason (one line) of every failed subject
     patches/<sid>.npy    [L, P, P, P] int16 HU clipped to [-1024, 240], axes (z, y, x)
     centers/<sid>.npy    [L, 3] float32 mapped corners, continuous (x, y, z) subject voxel indices
                          on the isotropic grid; patch l starts at their rounding
-    records/<sid>.json   one subject's index row (each written by exactly one process);
+    records/<sid>.json   one subject's index row (each written by exactly one process) plus
+                         ``inputs`` (identity of its image and mask files, see
+                         :func:`input_identity`) and ``settings_hash``;
                          records/<sid>.running marks a subject in a pool worker
     qc/<sid>.png         previews for a sample of subjects
 
@@ -24,6 +27,7 @@ run, so the last run to finish sees every record.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from contextlib import contextmanager
 from functools import cached_property
@@ -50,7 +54,7 @@ PATCHES, CENTERS, RECORDS, QC = "patches", "centers", "records", "qc"
 
 #: Per-subject timing columns (seconds), in pipeline order.
 STAGES = ("read", "mask", "register", "patches", "densitometry", "write", "qc")
-INDEX_COLUMNS = (["sid", "status", "n_patches", "sha1", "laa950_pct", "perc15_hu", "lung_volume_l",
+INDEX_COLUMNS = (["sid", "status", "n_patches", "sha1", "laa950_pct", "perc15_hu", "lung_volume_l", "lung_mean_hu",
                   "mask_source", "dice", "scale", "n_partial", "seconds", "cpu_s"]
                  + [f"{s}_s" for s in STAGES] + ["image", "error"])
 TEXT_COLUMNS = ("sid", "status", "sha1", "mask_source", "image", "error")
@@ -83,10 +87,70 @@ def read_record(store: Path, sid: str) -> dict[str, Any] | None:
         return None
 
 
-def is_done(store: Path, sid: str) -> dict[str, Any] | None:
-    """The record of ``sid`` if it is ``ok`` and its patch file and centres exist and the checksum matches."""
+def _stat(path: Path) -> tuple[str, int, int]:
+    """(resolved path, bytes, newest mtime in ns) of a file, or summed/newest over a folder's files (DICOM)."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        stats = [p.stat() for p in sorted(path.rglob("*")) if p.is_file()]
+        return str(path), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def _content_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes, or of a folder's relative names and bytes in sorted order."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha1(path)
+    digest = hashlib.sha1()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode() + b"\0" + file_sha1(item).encode())
+    return digest.hexdigest()
+
+
+def input_identity(path: Path | None) -> dict[str, Any] | None:
+    """``{path, size, mtime_ns, sha1}`` of an input image or mask (file or DICOM folder); None when absent."""
+    if path is None or not Path(path).exists():
+        return None
+    resolved, size, mtime_ns = _stat(path)
+    return {"path": resolved, "size": size, "mtime_ns": mtime_ns, "sha1": _content_sha1(path)}
+
+
+def same_input(recorded: dict[str, Any] | None, path: Path | None) -> bool:
+    """Whether ``path`` is still the input ``recorded`` by :func:`input_identity`.
+
+    The resolved path must be the same. Same size and mtime are trusted
+    without reading the file; otherwise the content hash decides (a file
+    copied back or touched is still the same input, a replaced one is not).
+    """
+    if path is None or recorded is None or not Path(path).exists():
+        return path is None and recorded is None
+    resolved, size, mtime_ns = _stat(path)
+    if resolved != recorded.get("path"):
+        return False
+    if (size, mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+        return True
+    return size == recorded.get("size") and _content_sha1(path) == recorded.get("sha1")
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Short hash of the preprocessing settings that decide a store's content (JSON, sorted keys)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_done(store: Path, sid: str, image: Path | None = None, mask: Path | None = None,
+            settings: str = "") -> dict[str, Any] | None:
+    """The record of ``sid`` if it is ``ok``, was made from these ``image`` and ``mask`` files (see
+    :func:`same_input`) with these ``settings`` (:func:`settings_hash`), and its patch file and centres
+    exist with the patch checksum matching; else None (the subject is processed again)."""
     record = read_record(store, sid)
-    if not record or record.get("status") != "ok":
+    if not record or record.get("status") != "ok" or record.get("settings_hash") != settings:
+        return None
+    inputs = record.get("inputs") or {}
+    try:
+        if not (same_input(inputs.get("image"), image) and same_input(inputs.get("mask"), mask)):
+            return None
+    except OSError:            # unreadable now: processing it again gives the subject its one-line reason
         return None
     patch = Path(store) / PATCHES / f"{sid}.npy"
     if not (patch.is_file() and (Path(store) / CENTERS / f"{sid}.npy").is_file()):
@@ -127,6 +191,37 @@ def read_index(path: Path) -> pd.DataFrame:
         if column not in TEXT_COLUMNS:
             index[column] = pd.to_numeric(index[column].replace("", np.nan))
     return index
+
+
+GRAPH_KEYS = ("x", "pos", "edge_index")
+
+
+def graph_tensors(graph: Any) -> dict[str, Any]:
+    """A landmark graph → the plain tensors ``graph.pt`` stores (``GRAPH_KEYS``)."""
+    return {key: getattr(graph, key) for key in GRAPH_KEYS}
+
+
+def load_graph(path: Path):
+    """``graph.pt`` → ``torch_geometric.data.Data`` (x [L, 3], pos [L, 3], edge_index [2, E]).
+
+    Read with ``weights_only=True``: a file holding anything but tensors (an
+    old pickled graph, or a crafted pickle) is a UserError and runs no code.
+    """
+    import pickle
+
+    import torch
+    from torch_geometric.data import Data
+
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise UserError(f"{path}: not a plain-tensor graph file ({reason}); delete it and run "
+                        "`copd-ifm preprocess` again to rewrite it") from None
+    if not (isinstance(tensors, dict) and all(isinstance(tensors.get(k), torch.Tensor) for k in GRAPH_KEYS)):
+        raise UserError(f"{path}: expected tensors {', '.join(GRAPH_KEYS)}; delete it and run "
+                        "`copd-ifm preprocess` again to rewrite it")
+    return Data(**{k: tensors[k] for k in GRAPH_KEYS}, num_nodes=len(tensors["x"]))
 
 
 def to_network(x: Any) -> Any:
@@ -190,10 +285,8 @@ class PatchStore:
 
     @cached_property
     def graph(self):
-        """The landmark graph (``torch_geometric.data.Data``)."""
-        import torch
-
-        return torch.load(self.path / GRAPH, weights_only=False)
+        """The landmark graph (``torch_geometric.data.Data``), see :func:`load_graph`."""
+        return load_graph(self.path / GRAPH)
 
     @property
     def failures(self) -> pd.DataFrame:

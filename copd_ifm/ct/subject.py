@@ -20,13 +20,14 @@ import SimpleITK as sitk
 from copd_ifm import files
 from copd_ifm.cohort.config import RegistrationConfig
 from copd_ifm.ct import store as st
-from copd_ifm.ct.densitometry import densitometry
+from copd_ifm.ct.densitometry import check_lung_mean_hu, densitometry
 from copd_ifm.ct.errors import SubjectError
 from copd_ifm.ct.io import (Grid, check_hounsfield, image_grid, isotropic_grid, mask_on_image_grid, read_image,
                             resample)
 from copd_ifm.ct.lung_mask import binarize, check_lung_volume, lungmask_segmentation, threshold_segmentation
 from copd_ifm.ct.patches import corner_voxels, extract_patches, subject_corners, to_stored_hu
 from copd_ifm.ct.registration import atlas_coarse, coarse_fraction, map_points, register_masks
+from copd_ifm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Settings:
     registration: RegistrationConfig
     direction: tuple[float, ...]       # atlas direction cosines: the axes of every subject grid
     landmarks_mm: np.ndarray           # [L, 3] atlas corner positions (mm)
+    settings_hash: str = ""            # st.settings_hash of the store-defining config fields
 
 
 @contextmanager
@@ -88,15 +90,21 @@ def _lung_masks(task: SubjectTask, settings: Settings, image: sitk.Image, ct: si
 
 
 def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
-    """Preprocess one subject into ``settings.store``; returns (and writes) its index record."""
+    """Preprocess one subject into ``settings.store``; returns (and writes) its index record.
+
+    The record holds the identity of the input files as read (taken before
+    reading, so a file replaced meanwhile is redone next run). A UserError
+    (a full disk) stops the run instead of failing the subject.
+    """
     record: dict[str, Any] = {"sid": task.sid, "status": "failed", "n_patches": 0, "sha1": "",
-                              "image": str(task.image or ""), "error": ""}
+                              "image": str(task.image or ""), "error": "", "settings_hash": settings.settings_hash}
     start, cpu_start = time.perf_counter(), time.process_time()
     store = Path(settings.store)
     try:
         with _stage(record, "read"):
             if task.image is None:
                 raise SubjectError("manifest row has no image path")
+            record["inputs"] = {"image": st.input_identity(task.image), "mask": st.input_identity(task.lung_mask)}
             image = read_image(task.image)
             check_hounsfield(image, task.image.name)
             grid = isotropic_grid(image, settings.spacing_mm, settings.direction)
@@ -107,6 +115,7 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
         with _stage(record, "densitometry"):   # COPDGene's way: the acquired image, not the resampled grid
             lung = sitk.GetArrayViewFromImage(native_mask) > 0
             record.update(densitometry(sitk.GetArrayViewFromImage(image), lung, float(np.prod(image.GetSpacing()))))
+            check_lung_mean_hu(record["lung_mean_hu"])
             del image, native_mask
         with _stage(record, "register"):
             reg = settings.registration
@@ -133,6 +142,8 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
                       scale=round(result.scale, 4), n_partial=partial)
     except SubjectError as exc:
         record["error"] = _one_line(exc)
+    except UserError:
+        raise
     except Exception as exc:  # a bad subject must never stop the run; the reason says it is a bug
         log.debug("subject %s crashed", task.sid, exc_info=True)
         record["error"] = _one_line(f"internal error: {type(exc).__name__}: {exc}")
@@ -152,9 +163,9 @@ def crash_record(task: SubjectTask, settings: Settings) -> dict[str, Any]:
 
 
 def run_subject(task: SubjectTask, settings: Settings) -> tuple[dict[str, Any], bool]:
-    """``(record, skipped)``: the existing record when the subject is already done (checksum verified),
-    else a fresh :func:`process_subject`."""
-    done = st.is_done(settings.store, task.sid)
+    """``(record, skipped)``: the existing record when the subject is already done (same inputs and
+    settings, checksum verified: :func:`copd_ifm.ct.store.is_done`), else a fresh :func:`process_subject`."""
+    done = st.is_done(settings.store, task.sid, task.image, task.lung_mask, settings.settings_hash)
     if done is not None:
         return done, True
     return process_subject(task, settings), False
@@ -165,11 +176,27 @@ def run_subject(task: SubjectTask, settings: Settings) -> tuple[dict[str, Any], 
 _SETTINGS: Settings | None = None
 
 
-def init_worker(settings: Settings, threads: int) -> None:
-    """Pool initializer: remember the cohort's settings and give ITK ``threads`` threads."""
+def _exit_with_parent(parent: int, poll_s: float) -> None:
+    """Watchdog thread: end this worker once its parent is gone (a killed ``copd-ifm preprocess``
+    would otherwise leave its pool's workers waiting for ever)."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def init_worker(settings: Settings, threads: int, parent: int, poll_s: float = 1.0) -> None:
+    """Pool initializer: remember the cohort's settings, give ITK ``threads`` threads, and exit when
+    process ``parent`` (the pool's owner) dies, checked every ``poll_s`` seconds."""
     global _SETTINGS
     _SETTINGS = settings
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    _exit_with_parent(parent, poll_s)
 
 
 def work(task: SubjectTask) -> tuple[dict[str, Any], bool]:
@@ -183,6 +210,7 @@ def work(task: SubjectTask) -> tuple[dict[str, Any], bool]:
     marker = st.running_path(_SETTINGS.store, task.sid)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    result = run_subject(task, _SETTINGS)
-    marker.unlink(missing_ok=True)
-    return result
+    try:
+        return run_subject(task, _SETTINGS)
+    finally:
+        marker.unlink(missing_ok=True)

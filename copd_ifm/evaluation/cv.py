@@ -63,6 +63,11 @@ def assign_folds(y: pd.Series, outcome: Outcome, n_folds: int, seed: int) -> pd.
         if y.nunique() < 2:
             raise UserError(f"{outcome.name}: all {len(y)} usable subjects have level {y.iloc[0]:g}; "
                             f"an ordinal read-out needs at least two levels (drop this outcome)")
+        largest = int(y.value_counts().max())
+        if largest < n_folds:
+            # StratifiedKFold needs some level with at least one subject per fold
+            raise UserError(f"{outcome.name}: its most common level has only {largest} subjects, fewer than "
+                            f"--folds {n_folds} (use --folds {max(2, largest)} or drop this outcome)")
         splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     else:
         splitter = KFold(n_folds, shuffle=True, random_state=seed)

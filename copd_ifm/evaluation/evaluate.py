@@ -18,7 +18,7 @@ from copd_ifm.errors import UserError
 from copd_ifm.evaluation import plots
 from copd_ifm.evaluation.cv import SAMPLES_PER_DIM, assign_folds, cross_validate
 from copd_ifm.evaluation.features import read_feature_sets
-from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, read_manifest
+from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, range_warnings, read_manifest
 from copd_ifm.evaluation.report import Evaluation, summarize, write_report
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,20 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
     from the cohort's patch store. Writes the report into ``out`` (default
     :func:`default_report_dir`) and returns the per-fold results (one row per
     method × outcome × fold, columns of :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS`).
+
+    An outcome whose subjects cannot be split into ``folds`` (too few, one
+    level, or every level rarer than ``folds``) is skipped with the reason in
+    the report; a UserError only when every outcome is. Out-of-range outcome
+    values and subjects missing from a feature set are logged as warnings and
+    listed in the report.
     """
     chosen = parse_outcomes(outcomes)
     if samples_per_dim < 1:
         raise UserError(f"--samples-per-dim must be at least 1, got {samples_per_dim}")
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
     manifest = read_manifest(cohort.manifest_path)
+    warnings = range_warnings(chosen, manifest, cohort.outcomes, str(cohort.manifest_path))
     if densitometry is None:
         base = densitometry_features(load_densitometry(cohort), str(cohort.store_path))
         base_text = f"%LAA-950 (%), Perc15 (HU), lung volume (L) from the patch store {cohort.store_path}"
@@ -90,6 +99,10 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         if stray:
             log.warning("%s: %d subjects are not in the manifest %s and are ignored", name, stray,
                         cohort.manifest_path)
+        absent = manifest.index.difference(frame.index)
+        if len(absent):
+            warnings.append(f"{name}: {len(absent)} of {len(manifest)} manifest subjects have no features "
+                            f"(e.g. {absent[0]!r}; {frame.attrs.get('path')}); they are left out for every method")
 
     # First every outcome's subjects and folds, so bad input stops before any model is fitted.
     plans, counts = [], []
@@ -104,11 +117,20 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
                        "outcome_missing": len(manifest) - len(y), "features_missing": len(y) - len(usable),
                        "used": len(usable), "majority_level": None, "majority_share": None, **missing})
         y = y.loc[usable]
-        fold_of = assign_folds(y, outcome, folds, seed)
+        try:
+            fold_of = assign_folds(y, outcome, folds, seed)
+        except UserError as exc:
+            warnings.append(f"{outcome.name} skipped: {exc}")
+            continue
         if outcome.ordinal:
             shares = y.value_counts(normalize=True)
             counts[-1].update(majority_level=outcome.levels[int(shares.index[0])], majority_share=float(shares.iloc[0]))
         plans.append((outcome, y, fold_of))
+    for line in warnings:
+        log.warning("%s", line)
+    if not plans:
+        raise UserError(f"every outcome was skipped; {warnings[-1]}")
+    chosen = [outcome for outcome, _, _ in plans]
 
     results, predictions = [], []
     with tqdm(total=len(plans) * len(methods) * folds, desc="evaluate", unit="fit") as bar:
@@ -122,7 +144,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
                    if cohort.synthetic is not None else None),
         folds=folds, seed=seed, samples_per_dim=samples_per_dim, outcomes=chosen, methods=descriptions,
         counts=pd.DataFrame(counts), results=pd.concat(results, ignore_index=True),
-        predictions=pd.concat(predictions, ignore_index=True))
+        predictions=pd.concat(predictions, ignore_index=True), warnings=warnings)
 
     out = Path(out) if out is not None else default_report_dir(cohort)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,10 @@ mMRC        ordinal    mMRC dyspnoea score, 5 levels 0–4
 Ordinal sources hold integer codes ``0 … levels−1`` (COPDGene's coding; floats
 such as ``2.0`` are accepted). An empty cell, or a non-positive value under a
 log, is a missing outcome for that subject only. Whether FEV1/FVC is stored as
-a ratio or a percentage does not matter for the read-out: the log shifts by a
-constant, which the regression's intercept absorbs.
+a ratio or a percentage does not matter for the read-out as long as every value
+uses the same unit: the log shifts by a constant, which the regression's
+intercept absorbs. :func:`range_warnings` flags values outside physiological
+ranges (:data:`PLAUSIBLE`), including ratios that look like percentages.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from copd_ifm.cohort.config import read_manifest_csv
 from copd_ifm.errors import UserError
 
 
@@ -59,6 +62,31 @@ OUTCOMES: dict[str, Outcome] = {o.name: o for o in (
 )}
 
 
+#: Physiological range of each continuous source (low exclusive, high inclusive) and what a value outside says.
+PLAUSIBLE: dict[str, tuple[float, float, str]] = {
+    "FEV1pp": (0.0, 200.0, "FEV1 % predicted lies in (0, 200]"),
+    "FEV1FVC": (0.0, 1.5, "FEV1/FVC is a ratio, at most about 1; a value like 70 looks like a percent"),
+}
+
+
+def range_warnings(outcomes: list[Outcome], manifest: pd.DataFrame, mapping: dict[str, str],
+                   where: str = "manifest") -> list[str]:
+    """One line per chosen source with values outside :data:`PLAUSIBLE`: how many, an example, the rule.
+
+    Non-positive values are already treated as missing (log undefined); the
+    line says so. Values above the range are kept (the unit may be consistent).
+    """
+    lines = []
+    for source in dict.fromkeys(o.source for o in outcomes if o.source in PLAUSIBLE):
+        low, high, rule = PLAUSIBLE[source]
+        values = _source_column(manifest, mapping, source, where).dropna()
+        for bad, effect in ((values[values <= low], "treated as missing"), (values[values > high], "kept")):
+            if len(bad):
+                lines.append(f"{where}: {mapping[source]} ({source}) of {len(bad)} subject(s) out of range, e.g. "
+                             f"sid {bad.index[0]!r} = {bad.iloc[0]:g} ({effect}); {rule}")
+    return lines
+
+
 def parse_outcomes(names: list[str] | str) -> list[Outcome]:
     """``"logFEV1pp,CLE"`` or a list of names → outcomes; unknown names list the valid ones."""
     items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
@@ -75,7 +103,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"manifest not found: {path} (check the cohort's manifest path, or run "
                         f"`copd-ifm preprocess` for a synthetic cohort to generate it)")
-    frame = pd.read_csv(path, dtype={"sid": str})
+    frame = read_manifest_csv(path, dtype={"sid": str})
     if "sid" not in frame.columns:
         raise UserError(f"{path}: no 'sid' column (add one with a unique id per subject)")
     if frame["sid"].duplicated().any():

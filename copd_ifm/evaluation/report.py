@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,9 @@ class Evaluation:
     ``counts``: one row per outcome (columns outcome, kind, manifest,
     outcome_missing, features_missing, used, majority_level, majority_share,
     plus ``missing:<method>`` per method). ``results``/``predictions``: see
-    :class:`copd_ifm.evaluation.cv.CVResult`.
+    :class:`copd_ifm.evaluation.cv.CVResult`. ``warnings``: one line per
+    data-quality finding (out-of-range outcomes, subjects without features,
+    skipped outcomes), shown first in the report.
     """
 
     cohort: str
@@ -53,6 +55,7 @@ class Evaluation:
     counts: pd.DataFrame
     results: pd.DataFrame
     predictions: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -207,6 +210,8 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     md = [f"# {title}", ""]
     if banner:
         md += [f"> **{banner}**", ""]
+    if ev.warnings:
+        md += ["## Warnings", ""] + [f"- {w}" for w in ev.warnings] + [""]
     md += [lead, "", _markdown(table(summary, ev.outcomes, list(ev.methods))), "", "## Subjects", "",
            _markdown(_counts_table(ev)), "", "## Methods", ""]
     md += [f"- `{m}`: {desc}" for m, desc in ev.methods.items()]
@@ -222,6 +227,8 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     body = [f"<h1>{esc(title)}</h1>"]
     if banner:
         body.append(f'<p class="synthetic"><b>{esc(banner)}</b></p>')
+    if ev.warnings:
+        body += ["<h2>Warnings</h2><ul>"] + [f"<li>{esc(w)}</li>" for w in ev.warnings] + ["</ul>"]
     summary_html = table(summary, ev.outcomes, list(ev.methods), ("<b>", "</b>")).to_html(escape=False,
                                                                                           index_names=False)
     body += [f"<p>{esc(lead)}</p>", summary_html,
@@ -250,7 +257,7 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
         "outcomes": [{"name": o.name, "kind": o.kind, "description": o.description, "levels": list(o.levels)}
                      for o in ev.outcomes],
         "methods": ev.methods, "counts": _records(ev.counts), "summary": _records(summary),
-        "folds_results": _records(ev.results), "notes": notes,
+        "folds_results": _records(ev.results), "notes": notes, "warnings": ev.warnings,
     }
     paths["results.json"] = out / "results.json"
     atomic_write_text(paths["results.json"], json.dumps(document, indent=2) + "\n")
