@@ -73,7 +73,7 @@ class MoCoV2(nn.Module):
 
 def build_model(cfg: VisionConfig, crop: int) -> SimCLR | MoCoV2:
     """The method of ``cfg`` on a fresh backbone for ``crop``-px training images."""
-    backbone, feat_dim = build_backbone(cfg.model.arch, resolve_stem(cfg.model.stem, crop))
+    backbone, feat_dim = build_backbone(cfg.model.arch, resolve_stem(cfg.model.stem, crop), cfg.model.width)
     if cfg.method == "simclr":
         return SimCLR(backbone, feat_dim, hidden=cfg.simclr.hidden, dim=cfg.simclr.dim)
     m = cfg.moco
