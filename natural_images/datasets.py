@@ -301,14 +301,14 @@ def build_dataset(data: DataConfig, split: Split, transform: Transform | None = 
     spec = dataset_spec(data.dataset)
     root = data.root_path
     folder = root / spec.folder
+    if data.classes and "classes" not in spec.options:
+        raise UserError(f"data.classes (--classes) applies to folder and imagenet100, not {data.dataset}")
     if data.download and not spec.downloadable:
         raise UserError(f"{data.dataset} cannot be downloaded automatically; place it in {folder}")
     if not data.download and not folder.exists():
         hint = "pass --download (needs internet)" if spec.downloadable else "it cannot be downloaded automatically"
         raise UserError(f"{data.dataset}: {folder} not found; put the dataset there (or point --data-root at "
                         f"its parent folder), or {hint}")
-    if data.classes and "classes" not in spec.options:
-        raise UserError(f"data.classes (--classes) applies to folder and imagenet100, not {data.dataset}")
     options = {name: getattr(data, name) for name in spec.options}
     try:
         dataset = spec.build(root, split, transform, data.download, **options)
