@@ -132,3 +132,20 @@ def test_width_multiplier_scales_every_stage_and_the_features():
     assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     wide, f_wide = build_backbone("resnet50", "imagenet", 0.5)
     assert f_wide == 1024 and wide(torch.randn(2, 3, 64, 64)).shape == (2, 1024)
+
+
+def test_summary_floats_are_rounded_and_the_curves_title_names_k(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from natural_images import plots
+    from natural_images.run import update_summary
+
+    update_summary(tmp_path, loss=0.1 + 0.2, knn={"class": [100 / 3, float("nan")]}, epochs=3, status="done")
+    text = (tmp_path / "summary.json").read_text(encoding="utf-8")
+    assert '"loss": 0.3,' in text and "33.3333," in text and '"epochs": 3' in text
+    titles = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: titles.extend(
+        ax.get_title() for ax in fig.axes))
+    table = pd.DataFrame({"epoch": [1, 2], "loss": [5.0, 4.0], "knn_top1_class": [20.0, 30.0]})
+    plots.plot_pretrain(table, tmp_path / "curves.png", k=50)
+    assert "kNN monitor (k = 50)" in titles
