@@ -69,8 +69,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["COPD_IFM_HOME"] = tmp
-        from natural_images.studies import (ensure_dataset, execute_control, execute_run, load_study_config,
-                                            plan_controls, plan_runs)
+        from natural_images.studies import ensure_dataset, execute_run, load_study_config, plan_controls, plan_runs
 
         extra = {"dataset": args.dataset} if args.dataset else None
         study = load_study_config(args.study, args.scale, extra=extra)
@@ -83,7 +82,7 @@ def main() -> None:
         run_s, run_cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         start, cpu0 = time.perf_counter(), cpu_seconds()
         if controls:
-            execute_control(study, controls[0], Path(tmp) / "study", args.device)
+            execute_run(study, controls[0], Path(tmp) / "study", args.device)
         ctrl_s, ctrl_cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     total = data_s + run_s * len(plans) + ctrl_s * len(controls)
     cores = os.cpu_count() or 1

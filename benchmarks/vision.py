@@ -81,7 +81,8 @@ def bench_method(method: str, device: torch.device, batch: int, steps: int) -> t
     return times[0.0], times[0.1]
 
 
-def bench_width(device: torch.device, batch: int, steps: int, widths: tuple[float, ...] = (1.0, 0.25)) -> dict[float, float]:
+def bench_width(device: torch.device, batch: int, steps: int,
+                widths: tuple[float, ...] = (1.0, 0.25)) -> dict[float, float]:
     """Median SimCLR step time (s) of ResNet-18 at each channel width, steps interleaved."""
     return _interleaved({w: (*_setup("simclr", device, w), ContrastiveLoss(0.5, 0.0)) for w in widths},
                         device, batch, steps)

@@ -166,11 +166,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ``vision pretrain`` flag → dotted VisionConfig field (unset flags leave the config's value).
-_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "width": "model.width", "ifm_eps": "loss.ifm_eps",
+_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.ifm_eps",
                  "ifm_alpha": "loss.ifm_alpha", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
                  "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
-                 "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "classes": "data.classes", "workers": "data.workers",
-                 "download": "data.download"}
+                 "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
+                 "download": "data.download",
+                 "width": "model.width",
+                 "classes": "data.classes"}
 
 
 def _vision_fields(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:

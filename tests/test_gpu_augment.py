@@ -16,12 +16,7 @@ from natural_images.augment import train_transform
 from natural_images.config import AugmentConfig, VisionConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(size: int = 32, seed: int = 0) -> np.ndarray:

@@ -100,15 +100,6 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     assert "Best hcl_beta per feature: color 0, shape 0, texture 4." in text
 
 
-@pytest.fixture
-def one_thread():
-    """The 2-core machine is shared: one intra-op thread avoids oversubscription in the tiny study."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
     study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text(encoding="utf-8"))

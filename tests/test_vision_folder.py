@@ -22,12 +22,8 @@ COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "eel": (40, 40, 220)}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _isolated_home(monkeypatch, tmp_path, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
-    yield
-    torch.set_num_threads(before)
 
 
 def write_folder(root: Path, per_class: dict[str, int], size: tuple[int, int] = (20, 16)) -> None:

@@ -147,31 +147,31 @@ def _measure(study: StudyConfig, plan: RunPlan, config: VisionConfig, run_dir: P
 
 
 def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "auto") -> dict[str, Any]:
-    """Pretrain (or resume), read out and measure one run; writes ``result.json`` last. Returns the result row."""
+    """Pretrain (or resume) one run, or set up an untrained control, then read out and measure it.
+
+    Writes ``result.json`` last and returns the result row; a finished run only returns its row.
+    """
     run_dir = out / "runs" / plan.run_id
     result_path = run_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
     config = run_config(study, plan)
     started = time.time()
-    summary = pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device)
-    return _measure(study, plan, config, run_dir, device, started, summary.get("loss"))
+    if plan.control:
+        _save_untrained(config, run_dir)
+        train_loss = None
+    else:
+        train_loss = pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device).get("loss")
+    return _measure(study, plan, config, run_dir, device, started, train_loss)
 
 
-def execute_control(study: StudyConfig, plan: RunPlan, out: Path, device: str = "auto") -> dict[str, Any]:
-    """The untrained-encoder control of one seed: the trained runs' initial weights, read out and measured alike."""
-    run_dir = out / "runs" / plan.run_id
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text(encoding="utf-8"))
-    config = run_config(study, plan)
-    started = time.time()
+def _save_untrained(config: VisionConfig, run_dir: Path) -> None:
+    """A run folder whose checkpoint holds the untrained model: the initial weights pretraining would start from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_resolved(config, run_dir / "config.yaml")
-    seed_everything(config.seed)  # as pretrain seeds rank 0 before building the model: the same initial weights
+    seed_everything(config.seed)  # as pretrain seeds rank 0 before building the model
     model = build_model(config, image_sizes(config.data)[0])
     Checkpointer(run_dir).save({"epoch": 0, "model": model.state_dict()})
-    return _measure(study, plan, config, run_dir, device, started, None)
 
 
 def _check_or_save_study(study: StudyConfig, out: Path) -> None:
@@ -211,7 +211,7 @@ def run_study(study: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 
             continue
         log.info("run %s", plan.run_id)
         try:
-            (execute_control if plan.control else execute_run)(study, plan, out, device)
+            execute_run(study, plan, out, device)
         except UserError:
             raise
         except Exception:  # one crashed run must not stop a long sweep; it is retried on the next invocation
