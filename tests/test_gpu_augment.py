@@ -99,9 +99,9 @@ def test_batched_views_have_the_statistics_of_the_torchvision_pipeline():
         assert abs(cpu[key].mean() - ours[key].mean()) < 4 * se, key
         assert abs(cpu[key].std() - ours[key].std()) < 0.1 * cpu[key].std(), key
     assert abs(cpu["gray"].mean() - 0.2) < 0.035 and abs(ours["gray"].mean() - 0.2) < 0.035
-    # the comparison can fail: without blur the batched edges are far from the pipeline's
+    # the comparison can fail: without blur the batched edges lie well outside the 4-se band (≈ 8 se at n = 1000)
     sharp = _view_stats(_batched_views(AugmentConfig(blur_prob=0.0), n))["edges"]
-    assert abs(cpu["edges"].mean() - sharp.mean()) > 8 * math.sqrt(cpu["edges"].var() / n + sharp.var() / n)
+    assert abs(cpu["edges"].mean() - sharp.mean()) > 6 * math.sqrt(cpu["edges"].var() / n + sharp.var() / n)
 
 
 def test_two_views_shapes_determinism_and_device_choice():
@@ -124,3 +124,14 @@ def test_two_views_shapes_determinism_and_device_choice():
         G.augment_on_device(config, cuda)
     config.augment.device = "auto"
     assert not G.augment_on_device(config, cuda)
+
+
+def test_dataset_images_stacks_raw_pixels_and_refuses_mixed_sizes():
+    pixels = [_image(seed=s) for s in range(3)]
+    items = [(Image.fromarray(p), s) for s, p in enumerate(pixels)]
+    images = G.dataset_images(items)
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
+    assert np.array_equal(images[2].permute(1, 2, 0).numpy(), pixels[2])
+    items.append((Image.fromarray(_image(size=16)), 3))
+    with pytest.raises(UserError, match="image 3 is 16x16 px, image 0 32x32"):
+        G.dataset_images(items)
