@@ -51,7 +51,7 @@ def _reference_lines(ax: plt.Axes, refs: References, feature: str, error: bool =
     for value, style, name in ((refs.chance.get(feature), "--", "chance"),
                                (refs.control.get(feature), ":", "untrained encoder")):
         if value is not None and np.isfinite(value):
-            ax.axhline(100 - value if error else value, color=color, linestyle=style, linewidth=1.2,
+            ax.axhline(100 - value if error else value, color=color, linestyle=style, linewidth=1.2, zorder=3,
                        label=name if label else None)
 
 

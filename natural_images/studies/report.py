@@ -125,15 +125,20 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
         tests = [(f, *_versus_control(table[f"acc_{f}"], controls[f"acc_{f}"]))
                  for f in features if f"acc_{f}" in controls.columns]
         above = [f for f, diff, p in tests if diff > 0 and p < ALPHA]
+        testable = all(np.isfinite(p) for _, _, p in tests)
         lines.append(f"- Trained runs vs control ({'Welch' if len(controls) >= 2 else 'one-sample'} t over runs, "
-                     f"{ALPHA:.0%}): " + ", ".join(f"{f} {diff:+.1f} points (p = {p:.2g})" for f, diff, p in tests)
-                     + ".")
-    lines += ["", _verdict(near_chance, above, features, controls.empty), ""]
+                     f"{ALPHA:.0%}): " + ", ".join(f"{f} {diff:+.1f} points "
+                                                    + (f"(p = {p:.2g})" if np.isfinite(p) else "(untestable)")
+                                                    for f, diff, p in tests) + ".")
+    lines += ["", _verdict(near_chance, above, features, controls.empty or not testable), ""]
     return lines
 
 
 def _versus_control(trained: pd.Series, control: pd.Series) -> tuple[float, float]:
-    """Mean trained − control accuracy (points) and the two-sided p of a t test (Welch, or one-sample vs 1 control)."""
+    """Mean trained − control accuracy (points) and the two-sided p of a t test (Welch, or one-sample vs 1 control).
+
+    p is NaN when untestable (one trained run); 0 or 1 when the runs have no spread (difference or not).
+    """
     diff = float(trained.mean() - control.mean())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -143,10 +148,13 @@ def _versus_control(trained: pd.Series, control: pd.Series) -> tuple[float, floa
             p = stats.ttest_1samp(trained, float(control.mean())).pvalue
         else:
             p = float("nan")
-    return diff, float(p) if np.isfinite(p) else (0.0 if diff and trained.std() == 0 else 1.0)
+    if not np.isfinite(p) and len(trained) >= 2:
+        p = 1.0 if diff == 0 else 0.0
+    return diff, float(p)
 
 
 def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
+    """``no_control``: no control, or too few runs to compare with it."""
     rest = [f for f in features if f not in above]
     if near_chance or (not no_control and not above):
         why = ("the final InfoNCE is within 5 % of its chance value" if near_chance else
@@ -154,7 +162,8 @@ def _verdict(near_chance: bool | None, above: list[str], features: list[str], no
         return (f"**Verdict: smoke test only.** The encoders have not left the chance regime ({why}); nothing "
                 f"below is evidence for or against the paper's claims.")
     if no_control:
-        return "**Verdict:** without an untrained control it is unknown which features training has improved."
+        return ("**Verdict:** without an untrained control (or with one trained run) it is unknown which features "
+                "training has improved.")
     tail = f"; {', '.join(rest)} is not read out better than from the untrained encoder, so comparisons on it say nothing" if rest else ""
     return f"**Verdict:** training moved {', '.join(above)} above the untrained encoder{tail}."
 
