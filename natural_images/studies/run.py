@@ -184,9 +184,10 @@ def _check_or_save_study(study: StudyConfig, out: Path) -> None:
     if path.is_file():
         saved = cfg.flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
         now = cfg.flatten(cfg.to_dict(study))
+        default = cfg.flatten(cfg.to_dict(StudyConfig()))  # fields newer than the saved file hold their default
         changed = sorted(k for k in saved.keys() | now.keys()
                          if not k.startswith(("seeds", "sweeps", "scale")) and k not in RUNTIME_FIELDS
-                         and saved.get(k) != now.get(k))
+                         and saved.get(k, default.get(k)) != now.get(k))
         if changed:
             raise UserError(f"{path}: this folder holds a study with {changed[0]}={saved.get(changed[0])!r}, "
                             f"not {now.get(changed[0])!r}; use another --out (or delete the folder to start over)")
