@@ -205,14 +205,16 @@ _VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.a
                  "ifm_alpha": "loss.alpha", "ifm_only": "loss.ifm_only", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
                  "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
-                 "download": "data.download"}
+                 "download": "data.download",
+                 "width": "model.width",
+                 "classes": "data.classes"}
 
 
 def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from natural_images.config import config_path, load_vision_config
+    from natural_images.config import config_path, default_config_name, load_vision_config
     from natural_images.run import default_run_dir
     from natural_images.train import pretrain
 
@@ -224,7 +226,7 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
         if not Path(name).is_file():
             raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
     else:
-        name = str(config_path(args.config or f"{args.dataset or 'cifar10'}_{args.method or 'simclr'}"))
+        name = str(config_path(args.config or default_config_name(args.dataset, args.method)))
     config = load_vision_config(name, overrides=_overrides(args, _VISION_FLAGS))
     out = Path(args.out) if args.out else default_run_dir(config)
     summary = pretrain(config, out, resume=resume, device=args.device, extend=args.extend)
@@ -435,12 +437,15 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
                         description="Unset flags keep the config's value. Runs under torchrun for DDP "
                                     "(--batch-size is the global batch).")
     p.add_argument("--dataset", default=None,
-                   help="cifar10, cifar100, stl10, tinyimagenet, imagenet100, trifeature, ...; unset: cifar10")
+                   help="cifar10, cifar100, stl10, tinyimagenet, imagenet100, trifeature, digits-standin, "
+                        "stl-digits, folder (--data-root DIR with train/ and val/ class folders); unset: cifar10")
     p.add_argument("--method", choices=["simclr", "moco", "adco"], default=None,
                    help="contrastive method (adco: learnable negatives, settings in the adco: section); unset: simclr")
     p.add_argument("--config", default=None,
                    help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr")
     p.add_argument("--arch", default=None, help="torchvision ResNet: resnet18, resnet50, ...")
+    p.add_argument("--width", type=float, default=None,
+                   help="channel multiplier of the ResNet (0.25: 16 base channels, ~1/16 of the compute)")
     p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline)")
     p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α in (L + α·L_ε)/2")
     _add_ifm_only(p)
@@ -453,6 +458,8 @@ def _add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--data-root", default=None,
                    help="folder holding the datasets; unset: the config's (DATA_HOME/vision)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="keep only the class folders listed in FILE, one per line (folder, imagenet100)")
     p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process")
     p.add_argument("--out", default=None, help="run folder; unset: runs/vision/DATASET_METHOD_ARCH_epsE_seedS")

@@ -30,6 +30,8 @@ class DataConfig:
     crop_size: Optional[int] = None        # training crop (px); None: the dataset's native resolution
     eval_size: Optional[int] = None        # evaluation resolution (px); None: native
     limit: int = 0                         # use at most this many images per split, evenly spaced (0: all)
+    classes: Optional[str] = None          # text file of class folder names to keep (folder, imagenet100)
+    verify: bool = True                    # md5-check CIFAR/STL10 files (false: existence only)
 
     def validate(self) -> None:
         if self.workers < 0 or self.limit < 0:
@@ -55,8 +57,11 @@ class AugmentConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5                 # Gaussian blur, kernel ≈ 10 % of the crop (odd), σ in blur_sigma
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    device: str = "auto"                   # auto (batched on CUDA for in-memory datasets), cpu (loader), gpu (batched)
 
     def validate(self) -> None:
+        if self.device not in {"auto", "cpu", "gpu"}:
+            raise ValueError(f"device must be auto, cpu or gpu, got {self.device!r}")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -68,8 +73,11 @@ class AugmentConfig:
 class ModelConfig:
     arch: str = "resnet18"                 # any torchvision resnet: resnet18, resnet34, resnet50, ...
     stem: str = "auto"                     # auto (CIFAR stem for crops <= 96 px), cifar, imagenet
+    width: float = 1.0                     # channel multiplier (0.25: 16 base channels, 1/16 of the compute)
 
     def validate(self) -> None:
+        if not 0 < self.width <= 4:
+            raise ValueError(f"width must be in (0, 4], got {self.width}")
         if not self.arch.startswith(("resnet", "wide_resnet", "resnext")):
             raise ValueError(f"arch must be a torchvision ResNet (resnet18, resnet50, ...), got {self.arch!r}")
         if self.stem not in {"auto", "cifar", "imagenet"}:
@@ -177,7 +185,37 @@ def config_path(name: str) -> Path:
     return path
 
 
+def default_config_name(dataset: str | None, method: str | None) -> str:
+    """``DATASET_METHOD`` (default cifar10, simclr): the config ``vision pretrain`` uses without ``--config``.
+
+    An unknown dataset, or a known one without a config for ``method``, is a one-line UserError.
+    """
+    from natural_images.datasets import dataset_spec  # datasets imports this module
+
+    dataset, method = dataset or "cifar10", method or "simclr"
+    dataset_spec(dataset)
+    name = f"{dataset}_{method}"
+    if not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
+        have = sorted(p.stem.removeprefix(f"{dataset}_") for p in VISION_CONFIG_DIR.glob(f"{dataset}_*.yaml"))
+        raise UserError(f"--dataset {dataset} --method {method}: no default config {name}.yaml in "
+                        f"{VISION_CONFIG_DIR} (methods with one: {', '.join(have) or 'none'}); pass --config "
+                        f"NAME or a YAML path (e.g. --config cpu_tiny --dataset {dataset})")
+    return name
+
+
 def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
                        overrides: list[str] | None = None) -> VisionConfig:
-    """Config ``name`` (see :func:`config_path`), then CLI fields ``extra`` (nested), then ``--set`` overrides."""
-    return cfg.load(VisionConfig, config_path(name), overrides, extra)
+    """Config ``name`` (see :func:`config_path`), then CLI fields ``extra`` (nested), then ``--set`` overrides.
+
+    Sizes the dataset reads from its own files (``folder``, Trifeature, digits)
+    and the class-list path are pinned in the result, so the run's saved
+    ``config.yaml`` rebuilds the same model wherever the data is later.
+    """
+    from natural_images.datasets import dataset_spec, image_sizes
+
+    config = cfg.load(VisionConfig, config_path(name), overrides, extra)
+    if dataset_spec(config.data.dataset).probe is not None:
+        config.data.crop_size, config.data.eval_size = image_sizes(config.data)
+    if config.data.classes:
+        config.data.classes = str(files.expand_home(config.data.classes).resolve())
+    return config

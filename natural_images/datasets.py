@@ -13,7 +13,14 @@ tinyimagenet   ``tiny-imagenet-200``            train / train / val (official an
                                                 file, or class sub-folders)
 imagenet100    ``imagenet`` (``train/``,        train / train / val, restricted to the
                ``val/`` with class folders)     CMC 100-class list ``data/imagenet100.txt``
+folder         the root itself: ``train/<class>/*`` train / train / val; any PNG/JPEG images
+               and ``val/<class>/*``            (torchvision ImageFolder)
 =============  ===============================  ==========================================
+
+``data.classes`` (``--classes FILE``: one class folder name per line) keeps
+only the listed classes of ``folder`` and ``imagenet100`` (replacing the CMC
+list). CIFAR and STL10 files are md5-checked by torchvision on every open;
+``data.verify: false`` checks only that they exist (a deliberately re-encoded copy).
 
 Items are ``(PIL image, label)``; a dataset may instead return several labels
 per image (``(image, labels)`` with a ``features`` attribute naming the label
@@ -36,15 +43,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
-from torchvision.datasets import cifar as tv_cifar
-from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from copd_ifm import files
 from copd_ifm.errors import UserError
 from natural_images.config import DataConfig
 
 Split = Literal["pretrain", "train", "test"]
 Transform = Callable[[Any], Any]
-Builder = Callable[[Path, str, Transform | None, bool], Dataset]
+Builder = Callable[..., Dataset]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,17 +63,21 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET100_LIST = Path(__file__).with_name("data") / "imagenet100.txt"
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 PLUGIN_MODULES = ("natural_images.trifeature", "natural_images.digits")
+FOLDER_MAX_PX = 224             # a folder's native size: its first image's short side, at most this
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """How to open one dataset.
 
-    ``build(root, split, transform, download)`` returns a torch Dataset of
-    ``(image, label)`` or ``(image, labels)`` for ``split`` in pretrain/train/test.
+    ``build(root, split, transform, download, **options)`` returns a torch Dataset of
+    ``(image, label)`` or ``(image, labels)`` for ``split`` in pretrain/train/test;
+    ``options`` are the :class:`DataConfig` fields named in ``options``.
     ``image_size`` is the native resolution (px) used when the config leaves
-    crop/eval sizes unset; evaluation resizes the short side to
-    ``eval_size · eval_resize`` and centre-crops ``eval_size`` (ImageNet: 256/224).
+    crop/eval sizes unset, unless ``probe(ROOT/folder)`` reads it from the data;
+    evaluation resizes the short side to ``eval_size · eval_resize`` and
+    centre-crops ``eval_size`` (ImageNet: 256/224). ``in_memory``: the whole
+    dataset fits in memory as a uint8 tensor (candidates for on-device augmentation).
     """
 
     build: Builder
@@ -75,6 +87,9 @@ class DatasetSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     eval_resize: float = 1.0
     downloadable: bool = True
+    in_memory: bool = False
+    options: tuple[str, ...] = ()
+    probe: Callable[[Path], int | None] | None = None
 
 
 def _text(value: Any) -> Any:
@@ -108,7 +123,7 @@ class _CifarReader:
         self.data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         self.targets = [t for b in batches for t in b.get("labels", b.get("fine_labels", []))]
         meta = folder / self.meta["filename"]
-        if not tv_cifar.check_integrity(str(meta), self.meta["md5"]):
+        if not check_integrity(str(meta), self.meta["md5"]):
             raise RuntimeError("Dataset metadata file not found or corrupted")
         self.classes = _read_cifar_pickle(meta)[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
@@ -122,17 +137,45 @@ class CIFAR100(_CifarReader, tvd.CIFAR100):
     """CIFAR-100, as torchvision reads it, also from pickles with bytes keys."""
 
 
-def _cifar10(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
-    return CIFAR10(root, train=split != "test", transform=transform, download=download)
+def _unverified(cls: type) -> type:
+    """``cls`` (a torchvision CIFAR/STL10 class) with every md5 set to None: torchvision then checks existence only."""
+    attrs: dict[str, Any] = {"train_list": [[name, None] for name, _ in cls.train_list],
+                             "test_list": [[name, None] for name, _ in cls.test_list]}
+    if hasattr(cls, "meta"):
+        attrs["meta"] = {**cls.meta, "md5": None}
+    return type(f"Unverified{cls.__name__}", (cls,), attrs)
 
 
-def _cifar100(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
-    return CIFAR100(root, train=split != "test", transform=transform, download=download)
+def _checked(cls: type, verify: bool) -> type:
+    return cls if verify else _unverified(cls)
 
 
-def _stl10(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
+def _cifar10(root: Path, split: str, transform: Transform | None, download: bool, verify: bool = True) -> Dataset:
+    return _checked(CIFAR10, verify)(root, train=split != "test", transform=transform, download=download)
+
+
+def _cifar100(root: Path, split: str, transform: Transform | None, download: bool, verify: bool = True) -> Dataset:
+    return _checked(CIFAR100, verify)(root, train=split != "test", transform=transform, download=download)
+
+
+def _stl10(root: Path, split: str, transform: Transform | None, download: bool, verify: bool = True) -> Dataset:
     name = {"pretrain": "train+unlabeled", "train": "train", "test": "test"}[split]
-    return tvd.STL10(root, split=name, transform=transform, download=download)
+    return _checked(tvd.STL10, verify)(root, split=name, transform=transform, download=download)
+
+
+TORCHVISION_CHECKED = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}
+
+
+def failed_checksums(dataset: str, root: Path) -> list[Path]:
+    """The files of ``dataset`` (cifar10 | cifar100 | stl10) under ``root`` that are missing or fail their md5."""
+    cls = TORCHVISION_CHECKED[dataset]
+    listed = [name for name, _ in cls.train_list + cls.test_list]
+    sums = [md5 for _, md5 in cls.train_list + cls.test_list]
+    if hasattr(cls, "meta"):
+        listed.append(cls.meta["filename"])
+        sums.append(cls.meta["md5"])
+    paths = [root / cls.base_folder / name for name in listed]
+    return [path for path, md5 in zip(paths, sums) if not check_integrity(str(path), md5)]
 
 
 class TinyImageNetVal(Dataset):
@@ -184,9 +227,23 @@ def _tinyimagenet(root: Path, split: str, transform: Transform | None, download:
     return test
 
 
+def read_class_list(path: str | Path) -> list[str]:
+    """Class folder names, one per line (blank lines and ``#`` comments skipped), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--classes {path}: no such file; give a text file with one class folder name per line")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if not names or duplicate:
+        raise UserError(f"--classes {path}: " + (f"{duplicate!r} is listed twice" if duplicate else "lists no class")
+                        + "; give one class folder name per line")
+    return names
+
+
 def imagenet100_classes() -> list[str]:
     """The 100 ImageNet wnids of the CMC subset (``data/imagenet100.txt``), in file order."""
-    return [w.strip() for w in IMAGENET100_LIST.read_text(encoding="utf-8").splitlines() if w.strip()]
+    return read_class_list(IMAGENET100_LIST)
 
 
 class ImageFolderSubset(tvd.ImageFolder):
@@ -201,24 +258,61 @@ class ImageFolderSubset(tvd.ImageFolder):
         missing = [c for c in self._wanted if c not in present]
         if missing:
             raise UserError(f"{directory}: {len(missing)} of the {len(self._wanted)} listed class folders are "
-                            f"missing (first: {missing[0]}); point --data-root at a full ImageNet copy")
+                            f"missing (first: {missing[0]}); every listed class needs a folder in train/ and val/ "
+                            f"(fix --data-root or the class list)")
         return list(self._wanted), {c: i for i, c in enumerate(self._wanted)}
 
 
-def _imagenet100(root: Path, split: str, transform: Transform | None, download: bool) -> Dataset:
+def _imagenet100(root: Path, split: str, transform: Transform | None, download: bool,
+                 classes: str | None = None) -> Dataset:
     folder = root / "imagenet" / ("val" if split == "test" else "train")
     if not folder.is_dir():
         raise UserError(f"imagenet100: no {folder}; the ImageNet folder needs train/ and val/ with one "
                         f"sub-folder per wnid (PyTorch's ImageNet example layout)")
-    return ImageFolderSubset(folder, imagenet100_classes(), transform)
+    wanted = read_class_list(files.expand_home(classes)) if classes else imagenet100_classes()
+    return ImageFolderSubset(folder, wanted, transform)
 
 
+def _image_folder(root: Path, split: str, transform: Transform | None, download: bool,
+                  classes: str | None = None) -> Dataset:
+    """``--dataset folder``: ``ROOT/train/<class>/*`` (pretrain, train) or ``ROOT/val/<class>/*`` (test).
+
+    Labels are the sorted class names of ``train/`` (or of the ``classes`` file), in both splits.
+    """
+    folder = root / ("val" if split == "test" else "train")
+    if not folder.is_dir():
+        raise UserError(f"folder: no {folder}; --data-root DIR needs DIR/train/<class>/* and DIR/val/<class>/* "
+                        f"(PNG or JPEG images)")
+    if classes:
+        wanted = read_class_list(files.expand_home(classes))
+    else:
+        wanted = sorted(entry.name for entry in os.scandir(root / "train") if entry.is_dir())
+    return ImageFolderSubset(folder, wanted, transform)
+
+
+def _folder_size(root: Path) -> int | None:
+    """Short side (px, at most :data:`FOLDER_MAX_PX`) of the first image under ``root/train/<class>/``."""
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMG_EXTENSIONS:
+                with Image.open(path) as img:
+                    return min(img.size + (FOLDER_MAX_PX,))
+    return None
+
+
+_TORCHVISION_FILES = dict(in_memory=True, options=("verify",))
 _REGISTRY: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(_cifar10, "cifar-10-batches-py", 32, CIFAR_MEAN, CIFAR_STD),
-    "cifar100": DatasetSpec(_cifar100, "cifar-100-python", 32, CIFAR_MEAN, CIFAR_STD),
-    "stl10": DatasetSpec(_stl10, "stl10_binary", 96, CIFAR_MEAN, CIFAR_STD),
+    "cifar10": DatasetSpec(_cifar10, "cifar-10-batches-py", 32, CIFAR_MEAN, CIFAR_STD, **_TORCHVISION_FILES),
+    "cifar100": DatasetSpec(_cifar100, "cifar-100-python", 32, CIFAR_MEAN, CIFAR_STD, **_TORCHVISION_FILES),
+    "stl10": DatasetSpec(_stl10, "stl10_binary", 96, CIFAR_MEAN, CIFAR_STD, **_TORCHVISION_FILES),
     "tinyimagenet": DatasetSpec(_tinyimagenet, "tiny-imagenet-200", 64),
-    "imagenet100": DatasetSpec(_imagenet100, "imagenet", 224, eval_resize=256 / 224, downloadable=False),
+    "imagenet100": DatasetSpec(_imagenet100, "imagenet", 224, eval_resize=256 / 224, downloadable=False,
+                               options=("classes",)),
+    "folder": DatasetSpec(_image_folder, "", FOLDER_MAX_PX, downloadable=False, options=("classes",),
+                          probe=_folder_size),
 }
 
 
@@ -245,7 +339,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
-        raise UserError(f"dataset {name!r} is unknown (available: {', '.join(available_datasets())})")
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(available_datasets())})")
     return _REGISTRY[name]
 
 
@@ -254,26 +348,43 @@ def build_dataset(data: DataConfig, split: Split, transform: Transform | None = 
     spec = dataset_spec(data.dataset)
     root = data.root_path
     folder = root / spec.folder
+    if data.classes and "classes" not in spec.options:
+        raise UserError(f"data.classes (--classes) applies to folder and imagenet100, not {data.dataset}")
     if data.download and not spec.downloadable:
         raise UserError(f"{data.dataset} cannot be downloaded automatically; place it in {folder}")
     if not data.download and not folder.exists():
         hint = "pass --download (needs internet)" if spec.downloadable else "it cannot be downloaded automatically"
         raise UserError(f"{data.dataset}: {folder} not found; put the dataset there (or point --data-root at "
                         f"its parent folder), or {hint}")
+    options = {name: getattr(data, name) for name in spec.options}
     try:
-        dataset = spec.build(root, split, transform, data.download)
+        dataset = spec.build(root, split, transform, data.download, **options)
     except (URLError, ConnectionError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"{data.dataset}: download failed ({reason}); connect to the internet and run again, or "
                         f"put the dataset in {folder} and drop --download") from None
     except (RuntimeError, FileNotFoundError, KeyError) as exc:
-        raise UserError(f"{data.dataset}: {folder} is incomplete or corrupted ({exc}); delete it and pass "
-                        f"--download (needs internet), or restore the files") from exc
-    n = len(dataset)
+        raise UserError(_damaged_message(data, folder, exc)) from exc
+    n = len(dataset)  # type: ignore[arg-type]
     if data.limit and data.limit < n:
         # Evenly spaced, so folder-sorted datasets keep every class.
         return Subset(dataset, torch.linspace(0, n - 1, data.limit).round().long().unique().tolist())
     return dataset
+
+
+def _damaged_message(data: DataConfig, folder: Path, exc: Exception) -> str:
+    """One line naming the first file that fails its check and the ways on that leave the user's files alone."""
+    keep = "your files were left untouched"
+    if data.dataset in TORCHVISION_CHECKED:
+        failed = failed_checksums(data.dataset, data.root_path)
+        if failed:
+            state = "is missing" if not failed[0].exists() else "fails torchvision's md5 check"
+            more = f" ({len(failed) - 1} more file(s) too)" if len(failed) > 1 else ""
+            return (f"{data.dataset}: {failed[0]} {state}{more}; {keep}. Restore that file from the official "
+                    f"archive, or pass --download with another --data-root, or, for a deliberately re-encoded "
+                    f"copy, skip the md5 check with --set data.verify=false")
+    return (f"{data.dataset}: {folder} is incomplete or unreadable ({exc}); {keep}. Restore the files, or pass "
+            f"--download with another --data-root")
 
 
 def label_names(dataset: Dataset) -> list[str]:
@@ -293,7 +404,15 @@ def as_label_matrix(labels: Any) -> Tensor:
     return (labels.unsqueeze(1) if labels.dim() == 1 else labels).long()
 
 
+def native_size(data: DataConfig) -> int:
+    """The dataset's own resolution (px): read from its folder where the spec can, else the spec's."""
+    spec = dataset_spec(data.dataset)
+    probed = spec.probe(data.root_path / spec.folder) if spec.probe and not (data.crop_size and data.eval_size) \
+        else None
+    return probed or spec.image_size
+
+
 def image_sizes(data: DataConfig) -> tuple[int, int]:
     """Training crop and evaluation size (px): the configured ones, else the dataset's native resolution."""
-    native = dataset_spec(data.dataset).image_size
+    native = native_size(data)
     return data.crop_size or native, data.eval_size or native

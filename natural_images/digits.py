@@ -59,7 +59,7 @@ from PIL import Image
 from copd_ifm.errors import UserError
 from natural_images.datasets import DatasetSpec, register_dataset
 from natural_images.feature_datasets import (FeatureFolder, FeatureSchema, MultiFeatureDataset, contact_sheet,
-                                             write_feature_folder)
+                                             folder_image_size, write_feature_folder)
 
 CANVAS, GRID, DIGIT_PX, JITTER_PX = 96, 3, 28, 4
 CELL = CANVAS // GRID
@@ -271,4 +271,5 @@ def _folder_opener(name: str) -> Callable[[Path, str, Callable[[Image.Image], An
 
 
 for _schema in (STL_SCHEMA, STANDIN_SCHEMA):
-    register_dataset(_schema.name, DatasetSpec(_folder_opener(_schema.name), _schema.name, CANVAS, downloadable=False))
+    register_dataset(_schema.name, DatasetSpec(_folder_opener(_schema.name), _schema.name, CANVAS, downloadable=False,
+                                               in_memory=True, probe=folder_image_size))

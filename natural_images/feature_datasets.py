@@ -139,6 +139,14 @@ def read_folder_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
+def folder_image_size(root: Path) -> int | None:
+    """The image side (px) a generated folder was built with (``dataset.json`` construction), None if absent."""
+    if not (root / "dataset.json").is_file():
+        return None
+    size = json.loads((root / "dataset.json").read_text(encoding="utf-8")).get("construction", {}).get("size")
+    return int(size) if size else None
+
+
 def _write_chunk(dataset: MultiFeatureDataset, indices: list[int], folder: Path) -> int:
     """Write items ``indices`` of ``dataset`` as PNGs into ``folder`` (existing files kept); returns the count."""
     for i in indices:

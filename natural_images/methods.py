@@ -137,7 +137,7 @@ def adco_negative_step(model: AdCo, pos: Tensor, lr_neg: float, tau_neg: float) 
 
 def build_model(cfg: VisionConfig, crop: int) -> SimCLR | MoCoV2 | AdCo:
     """The method of ``cfg`` on a fresh backbone for ``crop``-px training images (AdCo: ``moco`` + ``adco``)."""
-    backbone, feat_dim = build_backbone(cfg.model.arch, resolve_stem(cfg.model.stem, crop))
+    backbone, feat_dim = build_backbone(cfg.model.arch, resolve_stem(cfg.model.stem, crop), cfg.model.width)
     if cfg.method == "simclr":
         return SimCLR(backbone, feat_dim, hidden=cfg.simclr.hidden, dim=cfg.simclr.dim)
     m = cfg.moco

@@ -26,8 +26,8 @@ def plot_linear(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_pretrain(epochs: pd.DataFrame, path: Path) -> None:
-    """Pretraining loss and kNN top-1 (%) per epoch from ``epochs.csv``."""
+def plot_pretrain(epochs: pd.DataFrame, path: Path, k: int | None = None) -> None:
+    """Pretraining loss and kNN top-1 (%) per epoch from ``epochs.csv``; ``k``: the monitor's neighbours (title)."""
     knn = [c for c in epochs.columns if c.startswith("knn_top1")]
     fig = Figure(figsize=(10 if knn else 5, 4), layout="tight")
     axes = fig.subplots(1, 2 if knn else 1, squeeze=False)[0]
@@ -37,7 +37,7 @@ def plot_pretrain(epochs: pd.DataFrame, path: Path) -> None:
         for col in knn:
             rows = epochs.dropna(subset=[col])
             axes[1].plot(rows["epoch"], rows[col], marker="o", label=col.removeprefix("knn_top1_"))
-        axes[1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor (k = 200)")
+        axes[1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor" + (f" (k = {k})" if k else ""))
         axes[1].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)

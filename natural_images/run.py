@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,23 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+SUMMARY_DIGITS = 6
+
+
+def rounded(value: Any, digits: int = SUMMARY_DIGITS) -> Any:
+    """``value`` with every float (also inside dicts and lists) rounded to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``RUN/summary.json`` (atomically) and return the result."""
-    summary = {**read_summary(run_dir), **fields}
+    """Merge ``fields`` into ``RUN/summary.json`` (atomically, floats to 6 significant digits) and return it."""
+    summary = rounded({**read_summary(run_dir), **fields})
     files.atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

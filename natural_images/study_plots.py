@@ -11,10 +11,15 @@ and ``err_<feature>`` in percent) and writes one PNG atomically.
   mean ± sd table.
 * :func:`plot_correlation`: scatter of final InfoNCE loss vs read-out error per
   feature with Pearson r, and the Pearson correlation matrix of loss and errors
-  (the paper's Fig. 2); :func:`correlation_table` gives r and p.
+  (the paper's Fig. 2); :func:`correlation_table` gives r, p and a 95 % CI.
+
+Error bars appear only where a setting has at least 2 seeds. Every plot
+draws the :class:`References`: chance read-out (dashed), the untrained
+encoder's read-out (dotted) and, against the loss, InfoNCE at chance.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +36,25 @@ FEATURE_COLORS = {"color": "tab:red", "shape": "tab:blue", "texture": "tab:green
                   "object": "tab:orange"}
 
 
+@dataclass
+class References:
+    """What a read-out or loss means: chance and an untrained encoder (percent accuracy per feature)."""
+
+    chance: dict[str, float] = field(default_factory=dict)     # accuracy of always guessing the majority class
+    control: dict[str, float] = field(default_factory=dict)    # mean accuracy of the untrained encoder
+    chance_loss: float | None = None                           # InfoNCE at chance, ln(2N − 1)
+
+
+def _reference_lines(ax: plt.Axes, refs: References, feature: str, error: bool = False, label: bool = True,
+                     color: str = "0.35") -> None:
+    """Horizontal chance (dashed) and untrained-encoder (dotted) lines for ``feature`` (as error when ``error``)."""
+    for value, style, name in ((refs.chance.get(feature), "--", "chance"),
+                               (refs.control.get(feature), ":", "untrained encoder")):
+        if value is not None and np.isfinite(value):
+            ax.axhline(100 - value if error else value, color=color, linestyle=style, linewidth=1.2, zorder=3,
+                       label=name if label else None)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -38,13 +62,14 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def mean_sd(table: pd.DataFrame, by: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
-    """Mean, sample sd (0 for one seed) and seed count of ``columns`` per group of ``by``."""
+    """Mean, sample sd (NaN for one seed: no spread is known) and seed count of ``columns`` per group of ``by``."""
     grouped = table.groupby(list(by), sort=True)[list(columns)]
-    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_sd"))
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_sd"))
     return out.join(grouped.size().rename("n")).reset_index()
 
 
-def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperature: float, path: Path) -> Path:
+def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperature: float, path: Path,
+                    refs: References | None = None) -> Path:
     """Accuracy vs τ (β = 0, ε = 0 runs) and vs β (τ = ``beta_temperature``, ε = 0 runs), one line per feature."""
     base = table[table["ifm_eps"] == 0]
     acc = [f"acc_{f}" for f in features]
@@ -57,9 +82,10 @@ def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperatu
             ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
         else:
             stats_ = mean_sd(rows, [key], acc)
-            for f in features:
+            for i, f in enumerate(features):
                 ax.errorbar(stats_[key], stats_[f"acc_{f}_mean"], yerr=stats_[f"acc_{f}_sd"], marker="o",
                             capsize=3, label=f, color=FEATURE_COLORS.get(f))
+                _reference_lines(ax, refs or References(), f, label=i == 0, color=FEATURE_COLORS.get(f, "0.35"))
             if log_x:
                 ax.set_xscale("log")
             ax.set_xticks(stats_[key], [f"{v:g}" for v in stats_[key]])
@@ -68,7 +94,8 @@ def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperatu
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("linear read-out accuracy (%)")
     axes[0].legend()
-    fig.suptitle("Instance-discrimination difficulty trades features off")
+    fig.suptitle("Read-out accuracy vs instance-discrimination difficulty (mean ± sd where ≥ 2 seeds; "
+                 "dashed: chance, dotted: untrained encoder)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -78,7 +105,7 @@ def ifm_table(table: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
     return mean_sd(table, ["temperature", "ifm_eps"], [f"acc_{f}" for f in features])
 
 
-def plot_ifm(table: pd.DataFrame, features: Sequence[str], path: Path) -> Path:
+def plot_ifm(table: pd.DataFrame, features: Sequence[str], path: Path, refs: References | None = None) -> Path:
     """One panel per feature: bars per τ, baseline (ε = 0) beside each IFM ε, error bars = sd over seeds."""
     summary = ifm_table(table, features)
     temps = sorted(summary["temperature"].unique())
@@ -92,33 +119,40 @@ def plot_ifm(table: pd.DataFrame, features: Sequence[str], path: Path) -> Path:
                           yerr=rows[f"acc_{f}_sd"], capsize=3, label="baseline" if e == 0 else f"IFM ε = {e:g}",
                           color="0.6" if e == 0 else plt.cm.viridis(0.3 + 0.5 * j / max(len(eps) - 1, 1)))
             ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=7)
+        _reference_lines(ax, refs or References(), f)
         ax.set_xticks(np.arange(len(temps)), [f"τ = {t:g}" for t in temps])
         ax.set_title(f)
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, 108)
     axes[0, 0].set_ylabel("linear read-out accuracy (%)")
     axes[0, -1].legend(fontsize=8)
-    fig.suptitle("IFM vs baseline (mean ± sd over seeds)")
+    spread = "mean ± sd over seeds" if summary["n"].min() >= 2 else "one seed per bar: no error bars"
+    fig.suptitle(f"IFM vs baseline ({spread}; dashed: chance, dotted: untrained encoder)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def correlation_table(table: pd.DataFrame, features: Sequence[str], loss: str = "final_loss") -> pd.DataFrame:
-    """Pearson r and two-sided p of ``loss`` vs each feature's error, and of every pair of feature errors."""
+    """Pearson r, two-sided p and 95 % CI (Fisher z) of ``loss`` vs each feature's error and of error pairs."""
     rows = []
     cols = [loss] + [f"err_{f}" for f in features]
     for i, a in enumerate(cols):
         for b in cols[i + 1:]:
             ok = table[[a, b]].dropna()
+            r, p, low, high = (float("nan"),) * 4
             if len(ok) >= 3 and ok[a].std() > 0 and ok[b].std() > 0:
                 r, p = stats.pearsonr(ok[a], ok[b])
-            else:
-                r, p = float("nan"), float("nan")
-            rows.append({"x": a, "y": b, "pearson_r": float(r), "p_value": float(p), "n": len(ok)})
+            if len(ok) >= 4 and np.isfinite(r):
+                half = stats.norm.ppf(0.975) / np.sqrt(len(ok) - 3)
+                z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+                low, high = np.tanh(z - half), np.tanh(z + half)
+            rows.append({"x": a, "y": b, "pearson_r": float(r), "p_value": float(p), "ci_low": float(low),
+                         "ci_high": float(high), "n": len(ok)})
     return pd.DataFrame(rows)
 
 
-def plot_correlation(table: pd.DataFrame, features: Sequence[str], path: Path, loss: str = "final_loss") -> Path:
+def plot_correlation(table: pd.DataFrame, features: Sequence[str], path: Path, loss: str = "final_loss",
+                     refs: References | None = None) -> Path:
     """Scatter of ``loss`` vs each feature's error (coloured by τ) and the Pearson matrix of loss and errors."""
     corr = correlation_table(table, features, loss)
     fig, axes = plt.subplots(1, len(features) + 1, figsize=(3.8 * (len(features) + 1), 3.6))
@@ -127,6 +161,13 @@ def plot_correlation(table: pd.DataFrame, features: Sequence[str], path: Path, l
         sc = ax.scatter(table[loss], table[f"err_{f}"], c=temps, cmap="viridis", s=28,
                         vmin=temps.min(), vmax=max(temps.max(), temps.min() + 1e-9))
         r = corr[(corr["x"] == loss) & (corr["y"] == f"err_{f}")]["pearson_r"].iloc[0]
+        refs_ = refs or References()
+        _reference_lines(ax, refs_, f, error=True, label=f == features[0])
+        if refs_.chance_loss is not None:
+            ax.axvline(refs_.chance_loss, color="0.35", linestyle="-.", linewidth=1.2,
+                       label="InfoNCE at chance" if f == features[0] else None)
+        if f == features[0] and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.set_title(f"{f}: Pearson r = {r:.2f}")
         ax.set_xlabel("final InfoNCE loss")
         ax.set_ylabel(f"{f} read-out error (%)")

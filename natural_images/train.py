@@ -160,7 +160,7 @@ def _write_epoch_outputs(run_dir: Path, config: VisionConfig, history: list[dict
     table = pd.DataFrame(history)
     files.atomic_write_text(run_dir / "epochs.csv", table.to_csv(index=False))
     if history[-1]["epoch"] == config.epochs:
-        plot_pretrain(table, run_dir / "curves.png")
+        plot_pretrain(table, run_dir / "curves.png", k=config.knn.k)
     knn: dict[str, Any] = {"knn_top1": {}, "knn_epoch": None, "best_knn_top1": {}}
     cols = [c for c in table.columns if c.startswith("knn_top1_")]
     evaluated = table.dropna(subset=cols) if cols else table.iloc[:0]

@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw
 from copd_ifm.errors import UserError
 from natural_images.datasets import DatasetSpec, register_dataset
 from natural_images.feature_datasets import (FeatureFolder, FeatureSchema, MultiFeatureDataset, contact_sheet,
-                                             write_feature_folder)
+                                             folder_image_size, write_feature_folder)
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
@@ -352,4 +352,5 @@ def _open_folder(root: Path, split: str, transform: Callable[[Image.Image], Any]
     return FeatureFolder(root / "trifeature", "test" if split == "test" else "train", transform)
 
 
-register_dataset("trifeature", DatasetSpec(_open_folder, "trifeature", 128, downloadable=False))
+register_dataset("trifeature", DatasetSpec(_open_folder, "trifeature", 128, downloadable=False, in_memory=True,
+                                           probe=folder_image_size))

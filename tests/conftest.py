@@ -26,3 +26,14 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortConfig:
     cohort = resolve_cohort(str(path))
     preprocess_cohort(cohort, workers=1)
     return cohort
+
+
+@pytest.fixture
+def one_thread():
+    """Two shared cores: one intra-op torch thread avoids oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -100,15 +100,6 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     assert "Best hcl_beta per feature: color 0, shape 0, texture 4." in text
 
 
-@pytest.fixture
-def one_thread():
-    """The 2-core machine is shared: one intra-op thread avoids oversubscription in the tiny study."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
     study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text(encoding="utf-8"))
@@ -170,7 +161,7 @@ def test_a_dataset_folder_built_otherwise_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_crashed_run_is_logged_the_others_finish_and_the_command_fails(tmp_path, monkeypatch):
-    study = st.load_study_config("ifm", "small", extra={"seeds": 1})
+    study = st.load_study_config("ifm", "small", extra={"seeds": 1, "control": False})
     calls = []
 
     def fake_run(study_, plan, out, device):
@@ -184,9 +175,75 @@ def test_a_crashed_run_is_logged_the_others_finish_and_the_command_fails(tmp_pat
         path.write_text(json.dumps(row), encoding="utf-8")
         return row
 
-    monkeypatch.setattr(st, "ensure_dataset", lambda study_, workers=1: tmp_path)
-    monkeypatch.setattr(st, "execute_run", fake_run)
+    monkeypatch.setattr(st.run, "ensure_dataset", lambda study_, workers=1: tmp_path)
+    monkeypatch.setattr(st.run, "execute_run", fake_run)
     with pytest.raises(UserError, match=r"1 run\(s\) failed \(eps0_tau0.05_seed0\)"):
         st.run_study(study, tmp_path / "out")
     assert len(calls) == 6
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 5
+
+
+def test_paired_difference_interval_and_p_by_hand():
+    seeds = pd.Index([0, 1, 2], name="seed")
+    d = st.paired_difference(pd.Series([11.0, 12.0, 13.0], seeds), pd.Series([10.0, 10.0, 10.0], seeds))
+    # d = 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302653, so half-width 4.302653 / √3; t = 2√3, p = 0.07418
+    assert d["n"] == 3 and d["mean"] == pytest.approx(2.0)
+    assert d["low"] == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert d["high"] == pytest.approx(2 + 4.302653 / math.sqrt(3), abs=1e-5)
+    assert d["p"] == pytest.approx(0.07418, abs=1e-4)
+    zero = st.paired_difference(pd.Series([5.0, 6.0, 7.0], seeds), pd.Series([5.0, 6.0, 7.0], seeds))
+    assert zero["low"] == zero["high"] == 0.0 and zero["p"] == 1.0
+    one = st.paired_difference(pd.Series([5.0], [0]), pd.Series([4.0], [0]))
+    assert one["n"] == 1 and math.isnan(one["low"])
+
+
+def _ifm_rows(study, effects, seeds_noise, control_acc=None):
+    """Result rows for every planned run: accuracy = 50 + effect·[ε > 0] + noise(seed), chance columns included."""
+    rows = []
+    for p in st.plan_runs(study):
+        v = dict(p.values)
+        row = {"seed": v["seed"], "temperature": v["loss.temperature"], "ifm_eps": v["loss.epsilon"],
+               "hcl_beta": 0.0, "final_loss": 3.0, "chance_loss": math.log(255), "loss_pairs": 128,
+               "train_images": 1000, "arch": "resnet18", "width": 0.25, "stem": "cifar", "epochs": 30}
+        for f, effect in effects.items():
+            row[f"acc_{f}"] = 50 + (effect if v["loss.epsilon"] > 0 else 0) + seeds_noise[v["seed"]]
+            row[f"chance_{f}"] = 10.0
+        rows.append(row)
+    return rows
+
+
+def test_ifm_report_counts_only_cells_whose_interval_excludes_zero(tmp_path):
+    study = st.load_study_config("ifm", "small", extra={"seeds": 3})
+    _write_results(tmp_path, study, _ifm_rows(study, {"color": 5.0, "shape": 0.0, "texture": -3.0}, [0, 1, -1]))
+    for seed, acc in enumerate([20.0, 21.0, 19.0]):
+        path = tmp_path / "runs" / f"untrained_seed{seed}" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"run_id": path.parent.name, "seed": seed, "final_loss": 5.5, "acc_color": 40.0,
+                                    "acc_shape": acc, "acc_texture": acc}), encoding="utf-8")
+    st.aggregate(study, tmp_path)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert text.index("## Scale and limits") < text.index("Paper (Fig. 6")
+    assert "width 0.25, cifar stem, 32-px images, 1000 training images" in text
+    assert "vs ln(2N − 1) = 5.54 at chance" in text and "color 10.0 %" in text
+    assert "shape 20.0 ± 1.0 %" in text                                # control mean ± sd over 3 seeds
+    assert "**Verdict:** training moved color, shape, texture above the untrained encoder" in text
+    # colour +5 every seed: better; shape exactly +0.0: not a win; texture −3: worse (3 τ each)
+    assert "IFM better in 3, worse in 3, no detectable difference in 3, untestable in 0" in text
+    assert "| 0.05 | 0.1 | shape | +0.0 [+0.0, +0.0], p = 1, n = 3 | no detectable difference |" in text
+    assert "| 0.05 | 0 | 3 | 50.0 ± 1.0 |" in text
+    assert len(pd.read_csv(tmp_path / "controls.csv")) == 3 and (tmp_path / "ifm.png").stat().st_size > 10_000
+
+
+def test_one_seed_reports_no_spread_and_a_loss_at_chance_is_a_smoke_test(tmp_path):
+    study = st.load_study_config("ifm", "small", extra={"seeds": 1, "control": False})
+    rows = _ifm_rows(study, {"color": 1.0, "shape": 0.0}, [0])
+    for row in rows:
+        row["final_loss"] = 5.45                                         # ln 255 = 5.54: within 5 % of chance
+    _write_results(tmp_path, study, rows)
+    st.aggregate(study, tmp_path)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "**Verdict: smoke test only.**" in text and "within 5 % of its chance value" in text
+    assert "±" not in text and "mean (one seed: no spread)" in text
+    assert "IFM better in 0, worse in 0, no detectable difference in 0, untestable in 6" in text
+    assert "No untrained-encoder control (study.control: false)" in text
+    assert pd.read_csv(tmp_path / "ifm_table.csv")["acc_color_sd"].isna().all()

@@ -1,0 +1,277 @@
+"""A study's report: ``results.csv``, ``controls.csv``, plots and a ``summary.md`` that states what it shows.
+
+Every summary opens with the scale and its limits (runs, encoder, images,
+epochs, final InfoNCE against its chance value ln(2N − 1), read-out chance
+and the untrained-encoder control) and a verdict: whether the encoders left
+the chance regime at all. Means carry ± sd only with ≥ 2 seeds. IFM −
+baseline is a paired difference over seeds with a 95 % t interval; a cell
+counts as improved (or worse) only when that interval excludes zero.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from copd_ifm import files
+from natural_images import study_plots
+from natural_images.studies.config import StudyConfig, data_size
+from natural_images.studies.plan import fmt, plan_runs
+from natural_images.studies.run import collect_results
+
+LOSS_NEAR_CHANCE = 0.95      # a mean final InfoNCE above this share of ln(2N − 1) counts as "at chance"
+ALPHA = 0.05
+
+
+def study_features(table: pd.DataFrame) -> list[str]:
+    return [c.removeprefix("acc_") for c in table.columns if c.startswith("acc_")]
+
+
+def aggregate(study: StudyConfig, out: str | Path) -> pd.DataFrame:
+    """``results.csv``, ``controls.csv``, the study's plot(s) and ``summary.md`` from the finished runs."""
+    out = Path(out)
+    table = collect_results(study, out)
+    controls = collect_results(study, out, controls=True)
+    planned = len(plan_runs(study))
+    if table.empty:
+        files.atomic_write_text(out / "summary.md", f"# {study.study} study\n\n0 of {planned} runs finished.\n")
+        return table
+    files.atomic_write_text(out / "results.csv", table.to_csv(index=False, float_format="%.6g"))
+    if not controls.empty:
+        files.atomic_write_text(out / "controls.csv", controls.to_csv(index=False, float_format="%.6g"))
+    features = study_features(table)
+    refs = references(table, controls, features)
+    lines = [f"# {study.study} study: {study.dataset}, scale {study.scale}", ""]
+    lines += scale_and_limits(study, table, controls, features, planned)
+    if study.study == "difficulty":
+        study_plots.plot_difficulty(table, features, study.beta_temperature, out / "difficulty.png", refs)
+        lines += _difficulty_summary(table, features, study.beta_temperature)
+    elif study.study == "ifm":
+        study_plots.plot_ifm(table, features, out / "ifm.png", refs)
+        lines += _ifm_summary(table, features, study.dataset)
+        files.atomic_write_text(out / "ifm_table.csv", study_plots.ifm_table(table, features).to_csv(
+            index=False, float_format="%.4g"))
+    else:
+        study_plots.plot_correlation(table, features, out / "correlation.png", refs=refs)
+        corr = study_plots.correlation_table(table, features)
+        files.atomic_write_text(out / "correlation.csv", corr.to_csv(index=False, float_format="%.4g"))
+        lines += _correlation_summary(corr, len(table))
+    files.atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return table
+
+
+def references(table: pd.DataFrame, controls: pd.DataFrame, features: list[str]) -> study_plots.References:
+    """Chance read-out and InfoNCE (from the runs' ``chance_*`` columns) and the controls' mean read-out."""
+    refs = study_plots.References()
+    for f in features:
+        if f"chance_{f}" in table.columns:
+            refs.chance[f] = float(table[f"chance_{f}"].mean())
+        if f"acc_{f}" in controls.columns:
+            refs.control[f] = float(controls[f"acc_{f}"].mean())
+    if "chance_loss" in table.columns:
+        refs.chance_loss = float(table["chance_loss"].mean())
+    return refs
+
+
+def _pm(mean: float, sd: float, n: int) -> str:
+    """``mean ± sd`` with ≥ 2 seeds, else the mean alone (one seed has no spread)."""
+    return f"{mean:.1f} ± {sd:.1f}" if n >= 2 and np.isfinite(sd) else f"{mean:.1f}"
+
+
+def _first(table: pd.DataFrame, column: str, default: Any = "?") -> Any:
+    return table[column].iloc[0] if column in table.columns else default
+
+
+def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataFrame, features: list[str],
+                     planned: int) -> list[str]:
+    """The opening section: what was run, how far training got, and whether the read-outs beat an untrained net."""
+    run = study.run
+    model = run.get("model", {})
+    width = float(_first(table, "width", model.get("width", 1.0)))
+    lines = ["## Scale and limits", "",
+             f"- Runs: {len(table)} of {planned} runs finished ({study.seeds} seed(s) per setting); "
+             f"{len(controls)} untrained-encoder control(s).",
+             f"- Encoder: SimCLR {_first(table, 'arch', model.get('arch', 'resnet18'))}, width {width:g}, "
+             f"{_first(table, 'stem', model.get('stem', 'auto'))} stem, {data_size(study)}-px images, "
+             + (f"{_first(table, 'train_images')} training images, " if "train_images" in table.columns else "")
+             + f"{run.get('epochs', '?')} epochs, batch {run.get('batch_size', '?')}."]
+    near_chance = None
+    if "chance_loss" in table.columns and table["final_loss"].notna().any():
+        loss, chance = table["final_loss"], float(table["chance_loss"].mean())
+        near_chance = loss.mean() >= LOSS_NEAR_CHANCE * chance
+        ctrl = (f"; untrained encoder {controls['final_loss'].mean():.2f}"
+                if "final_loss" in controls.columns else "")
+        lines.append(f"- Final InfoNCE (plain, each run's τ, {int(_first(table, 'loss_pairs'))} pairs per batch): "
+                     f"{loss.min():.2f}–{loss.max():.2f} (mean {loss.mean():.2f}) vs ln(2N − 1) = {chance:.2f} "
+                     f"at chance{ctrl}.")
+    chance = {f: table[f"chance_{f}"].mean() for f in features if f"chance_{f}" in table.columns}
+    if chance:
+        lines.append("- Read-out chance (always the most frequent class): "
+                     + ", ".join(f"{f} {v:.1f} %" for f, v in chance.items()) + ".")
+    above: list[str] = []
+    if controls.empty:
+        why = "none has finished yet" if study.control else "study.control: false"
+        lines.append(f"- No untrained-encoder control ({why}): read-outs cannot be told apart from what a random "
+                     f"network gives.")
+    else:
+        lines.append("- Untrained-encoder control (same architecture and initial weights, same linear read-out): "
+                     + ", ".join(f"{f} {_pm(controls[f'acc_{f}'].mean(), controls[f'acc_{f}'].std(), len(controls))} %"
+                                 for f in features if f"acc_{f}" in controls.columns) + ".")
+        tests = [(f, *_versus_control(table[f"acc_{f}"], controls[f"acc_{f}"]))
+                 for f in features if f"acc_{f}" in controls.columns]
+        above = [f for f, diff, p in tests if diff > 0 and p < ALPHA]
+        testable = all(np.isfinite(p) for _, _, p in tests)
+        lines.append(f"- Trained runs vs control ({'Welch' if len(controls) >= 2 else 'one-sample'} t over runs, "
+                     f"{ALPHA:.0%}): " + ", ".join(f"{f} {diff:+.1f} points "
+                                                    + (f"(p = {p:.2g})" if np.isfinite(p) else "(untestable)")
+                                                    for f, diff, p in tests) + ".")
+    lines += ["", _verdict(near_chance, above, features, controls.empty or not testable), ""]
+    return lines
+
+
+def _versus_control(trained: pd.Series, control: pd.Series) -> tuple[float, float]:
+    """Mean trained − control accuracy (points) and the two-sided p of a t test (Welch, or one-sample vs 1 control).
+
+    p is NaN when untestable (one trained run); 0 or 1 when the runs have no spread (difference or not).
+    """
+    diff = float(trained.mean() - control.mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if len(control) >= 2 and len(trained) >= 2:
+            p = stats.ttest_ind(trained, control, equal_var=False).pvalue
+        elif len(trained) >= 2:
+            p = stats.ttest_1samp(trained, float(control.mean())).pvalue
+        else:
+            p = float("nan")
+    if not np.isfinite(p) and len(trained) >= 2:
+        p = 1.0 if diff == 0 else 0.0
+    return diff, float(p)
+
+
+def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
+    """``no_control``: no control, or too few runs to compare with it."""
+    rest = [f for f in features if f not in above]
+    if near_chance or (not no_control and not above):
+        why = ("the final InfoNCE is within 5 % of its chance value" if near_chance else
+               "no feature is read out better than from the untrained encoder")
+        return (f"**Verdict: smoke test only.** The encoders have not left the chance regime ({why}); nothing "
+                f"below is evidence for or against the paper's claims.")
+    if no_control:
+        return ("**Verdict:** without an untrained control (or with one trained run) it is unknown which features "
+                "training has improved.")
+    tail = f"; {', '.join(rest)} is not read out better than from the untrained encoder, so comparisons on it say nothing" if rest else ""
+    return f"**Verdict:** training moved {', '.join(above)} above the untrained encoder{tail}."
+
+
+def paired_difference(ifm: pd.Series, base: pd.Series) -> dict[str, float]:
+    """IFM − baseline over the seeds both have (series indexed by seed): n, mean, 95 % t CI and p (paired t)."""
+    d = (ifm - base).dropna()
+    n, mean = len(d), float(d.mean()) if len(d) else float("nan")
+    if n < 2:
+        return {"n": n, "mean": mean, "low": float("nan"), "high": float("nan"), "p": float("nan")}
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    if sd > 0:
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    else:
+        p = 1.0 if mean == 0 else 0.0
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "p": p}
+
+
+def _ifm_summary(table: pd.DataFrame, features: list[str], dataset: str) -> list[str]:
+    summary = study_plots.ifm_table(table, features)
+    claim = ("Paper (Fig. 6, ResNet-18, 200 epochs, 3 seeds): IFM (ε = 0.1) improves colour, shape and texture "
+             "read-out at every τ." if dataset == "trifeature" else
+             "The paper's IFM-vs-baseline bars (Fig. 6) are for Trifeature; this dataset has no published counterpart.")
+    spread = "mean ± sd over seeds" if summary["n"].min() >= 2 else "mean (one seed: no spread)"
+    lines = [claim, "", f"Linear read-out accuracy (%), {spread}:", "",
+             "| τ | ε | n | " + " | ".join(features) + " |", "|---" * (len(features) + 3) + "|"]
+    lines += [f"| {fmt(float(r['temperature']))} | {fmt(float(r['ifm_eps']))} | {int(r['n'])} | "
+              + " | ".join(_pm(r[f"acc_{f}_mean"], r[f"acc_{f}_sd"], int(r["n"])) for f in features) + " |"
+              for _, r in summary.iterrows()]
+    cells, counts = [], {"better": 0, "worse": 0, "no detectable difference": 0, "untestable (< 2 paired seeds)": 0}
+    for tau, rows in table.groupby("temperature"):
+        base = rows[rows["ifm_eps"] == 0].set_index("seed")
+        if base.empty:
+            continue
+        for eps, ifm in rows[rows["ifm_eps"] > 0].groupby("ifm_eps"):
+            ifm = ifm.set_index("seed")
+            for f in features:
+                d = paired_difference(ifm[f"acc_{f}"], base[f"acc_{f}"])
+                if d["n"] < 2:
+                    verdict = "untestable (< 2 paired seeds)"
+                    text = f"{d['mean']:+.1f} (n = {d['n']})"
+                else:
+                    verdict = ("better" if d["low"] > 0 else "worse" if d["high"] < 0
+                               else "no detectable difference")
+                    text = f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}], p = {d['p']:.2g}, n = {d['n']}"
+                counts[verdict] += 1
+                cells.append(f"| {fmt(float(tau))} | {fmt(float(eps))} | {f} | {text} | {verdict} |")
+    if cells:
+        lines += ["", "IFM − baseline per cell (points; paired over seeds, 95 % t interval; a cell counts as better "
+                      "or worse only when the interval excludes zero):", "",
+                  "| τ | ε | feature | IFM − baseline | verdict |", "|---|---|---|---|---|", *cells, "",
+                  f"Of {len(cells)} (τ, ε, feature) cells: IFM better in {counts['better']}, worse in "
+                  f"{counts['worse']}, no detectable difference in {counts['no detectable difference']}, "
+                  f"untestable in {counts['untestable (< 2 paired seeds)']}."]
+    return lines
+
+
+def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: float) -> list[str]:
+    acc = [f"acc_{f}" for f in features]
+    base = table[table["ifm_eps"] == 0]
+    lines = ["Paper (Fig. 3): large τ / small β favours colour; small τ / large β favours texture and shape "
+             "at colour's expense.", ""]
+    for key, rows, title in (("temperature", base[base["hcl_beta"] == 0], "τ (β = 0)"),
+                             ("hcl_beta", base[(base["temperature"] - beta_tau).abs() < 1e-12],
+                              f"β (τ = {beta_tau:g})")):
+        if rows.empty:
+            continue
+        summary = study_plots.mean_sd(rows, [key], acc)
+        spread = "mean ± sd over seeds" if summary["n"].min() >= 2 else "mean (one seed: no spread)"
+        lines += [f"Read-out accuracy (%) vs {title}, {spread}:", "",
+                  "| " + key + " | " + " | ".join(features) + " |", "|---" * (len(features) + 1) + "|"]
+        lines += ["| " + fmt(float(r[key])) + " | "
+                  + " | ".join(_pm(r[f"{a}_mean"], r[f"{a}_sd"], int(r["n"])) for a in acc) + " |"
+                  for _, r in summary.iterrows()]
+        best = {f: fmt(float(summary.loc[summary[f"acc_{f}_mean"].idxmax(), key])) for f in features}
+        lines += ["", "Best " + key + " per feature: " + ", ".join(f"{f} {v}" for f, v in best.items()) + ".",
+                  _sweep_test(rows, key, features), ""]
+    return lines
+
+
+def _sweep_test(rows: pd.DataFrame, key: str, features: list[str]) -> str:
+    """Whether accuracy depends on ``key`` at all: one-way ANOVA over the swept values, seeds as replicates."""
+    groups = [g for _, g in rows.groupby(key)]
+    if len(groups) < 2 or min(len(g) for g in groups) < 2:
+        return (f"Whether {key} matters at all is untestable with one seed per value: the best values above may "
+                f"be noise.")
+    parts = []
+    for f in features:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = float(stats.f_oneway(*[g[f"acc_{f}"] for g in groups]).pvalue)
+        spread = any(g[f"acc_{f}"].std() > 0 for g in groups)
+        if not np.isfinite(p):
+            p = 1.0 if not spread and rows.groupby(key)[f"acc_{f}"].mean().nunique() == 1 else 0.0
+        parts.append(f"{f} p = {p:.2g} ({'yes' if p < ALPHA else 'no'})")
+    return f"Does {key} change the accuracy (one-way ANOVA over seeds, {ALPHA:.0%})? " + ", ".join(parts) + "."
+
+
+def _correlation_summary(corr: pd.DataFrame, n: int) -> list[str]:
+    lines = ["Paper (Fig. 2): lower InfoNCE loss goes with lower colour / digit error but higher shape, "
+             "texture / object error (33 Trifeature and 7 STL-digits encoders).", "",
+             f"Pearson correlations over {n} encoders (95 % CI by Fisher z; a correlation is called shown only "
+             f"when its interval excludes zero):", "",
+             "| x | y | r | 95 % CI | p | n | shown |", "|---|---|---|---|---|---|---|"]
+    for _, r in corr.iterrows():
+        ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if np.isfinite(r["ci_low"]) else "–"
+        shown = "yes" if np.isfinite(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0) else "no"
+        lines.append(f"| {r['x']} | {r['y']} | {r['pearson_r']:.2f} | {ci} | {r['p_value']:.3g} | {int(r['n'])} "
+                     f"| {shown} |")
+    return lines
