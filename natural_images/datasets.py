@@ -43,6 +43,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
+from torchvision.datasets import cifar as tv_cifar
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
@@ -123,7 +124,7 @@ class _CifarReader:
         self.data = np.vstack([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         self.targets = [t for b in batches for t in b.get("labels", b.get("fine_labels", []))]
         meta = folder / self.meta["filename"]
-        if not check_integrity(str(meta), self.meta["md5"]):
+        if not tv_cifar.check_integrity(str(meta), self.meta["md5"]):
             raise RuntimeError("Dataset metadata file not found or corrupted")
         self.classes = _read_cifar_pickle(meta)[self.meta["key"]]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}

@@ -1,6 +1,7 @@
 """Contrastive pretraining: SimCLR or MoCo-v2 with IFM, one process or many under ``torchrun``.
 
-An adapter of the engine loop (:func:`copd_ifm.contrastive.loop.fit`) with one phase::
+An adapter of the engine loop (:func:`copd_ifm.contrastive.loop.fit`) with one phase (views made per image
+in the loader workers, or batch-wise on the training device for in-memory datasets, ``augment.device``)::
 
     for (x1, x2) in loader:                 # two augmented views, [B/W, 3, crop, crop] per rank
         pos, neg = model(x1, x2)            # cosine similarities (SimCLR in-batch, MoCo queue)
@@ -36,6 +37,7 @@ from natural_images.augment import TwoViews, eval_transform, train_transform
 from natural_images.config import VisionConfig
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names
 from natural_images.features import extract_features
+from natural_images.gpu_augment import augment_on_device, build_batch_augment, dataset_images
 from natural_images.knn import knn_accuracy
 from natural_images.methods import AdCo, adco_negative_step, build_model
 from natural_images.plots import plot_pretrain
@@ -67,8 +69,13 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
     per_rank = config.batch_size // world
     spec = dataset_spec(config.data.dataset)
     crop, eval_size = image_sizes(config.data)
-    views = TwoViews(train_transform(config.augment, config.method, crop, spec.mean, spec.std))
-    train_set = build_dataset(config.data, "pretrain", views)
+    on_device = augment_on_device(config, dev)
+    if on_device:  # raw uint8 images [N, 3, H, W]; the views are made batch-wise on the training device
+        train_set: Any = dataset_images(build_dataset(config.data, "pretrain"))
+        batch_views = build_batch_augment(config)
+    else:
+        train_set = build_dataset(config.data, "pretrain",
+                                  TwoViews(train_transform(config.augment, config.method, crop, spec.mean, spec.std)))
     evaluation = eval_transform(eval_size, spec.eval_resize, spec.mean, spec.std)
     bank_set, test_set = build_dataset(config.data, "train", evaluation), build_dataset(config.data, "test", evaluation)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=info.rank, shuffle=True, seed=config.seed,
@@ -94,15 +101,23 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.epochs * steps_per_epoch, steps_per_epoch)
 
+    # Augmentation randomness of epoch e comes from (seed, e, rank) alone: the loader workers' generator, or
+    # the on-device generator of the batch-wise views.
+    device_gen = torch.Generator(device=dev)
+
     def plan(epoch: int, _: int) -> tuple[DataLoader, int]:
         sampler.set_epoch(epoch)
-        # A fresh generator per epoch seeds the loader workers' augmentations from (seed, epoch, rank) alone.
-        gen = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 1009 + info.rank)
+        epoch_seed = (config.seed * 1_000_003 + epoch) * 1009 + info.rank
+        device_gen.manual_seed(epoch_seed)
         return DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
-                          pin_memory=cuda, drop_last=True, generator=gen), steps_per_epoch
+                          pin_memory=cuda, drop_last=True,
+                          generator=torch.Generator().manual_seed(epoch_seed)), steps_per_epoch
 
-    def step(batch: tuple[tuple[Tensor, Tensor], Any]) -> StepOutput:
-        (x1, x2), _ = batch
+    def step(batch: Any) -> StepOutput:
+        if on_device:
+            x1, x2 = batch_views.two_views(batch.to(dev, non_blocking=True), device_gen)
+        else:
+            (x1, x2), _ = batch
         x1, x2 = _to_device(x1, dev, channels_last), _to_device(x2, dev, channels_last)
         pos, neg = model(x1, x2)
         return StepOutput(pos, neg, x1.shape[0])

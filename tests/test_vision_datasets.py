@@ -349,3 +349,27 @@ def test_adco_and_ifm_only_train_through_the_engine_loop(tmp_path, capsys):
     assert code == 0
     saved = yaml.safe_load((tmp_path / "only" / "config.yaml").read_text(encoding="utf-8"))["loss"]
     assert saved["ifm_only"] is True and saved["epsilon"] == 0.1
+
+
+def test_on_device_augmentation_trains_and_resumes_exactly(tmp_path, monkeypatch):
+    """``augment.device: gpu`` (batch-wise views; on this CPU the same code path) trains through the loop, and a
+    killed-then-resumed run repeats the uninterrupted one: the views' generator is reseeded per epoch."""
+    write_cifar10(tmp_path / "data")
+    config = _tiny(tmp_path / "data", "cifar10", "simclr", **{"augment.device": "gpu", "knn.every": 0})
+    full = pretrain(config, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(Killed):
+        pretrain(config, tmp_path / "killed")
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    resumed = pretrain(config, tmp_path / "killed", resume=True)
+    assert np.isfinite(full["loss"]) and resumed["loss"] == full["loss"]
