@@ -6,7 +6,7 @@ import torch
 from copd_ifm.context.config import PretrainConfig
 from copd_ifm.context.data import graph_epoch_plan, patch_epoch_plan
 from copd_ifm.context.encoders import AnchorEncoder, GraphEncoder, PatchEncoder
-from copd_ifm.context.model import ContextModel, batched_edges
+from copd_ifm.context.model import ContextModel, dense_adjacency
 
 
 def _lattice(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,12 +37,15 @@ def test_graph_plan_covers_subjects_once():
     assert len(plan) == 2 and len(set(flat)) == 8
 
 
-def test_batched_edges_offsets():
+def test_dense_adjacency_and_lattice_graph_inputs():
     _, edges = _lattice(2)
-    e, batch = batched_edges(edges, 8, 3)
-    assert e.shape[1] == 3 * edges.shape[1]
-    assert torch.equal(e[:, edges.shape[1]:2 * edges.shape[1]], edges + 8)
-    assert batch.tolist() == [0] * 8 + [1] * 8 + [2] * 8
+    adjacency = dense_adjacency(edges, 8)
+    assert adjacency.sum() == edges.shape[1] and all(adjacency[i, j] for i, j in edges.t().tolist())
+    cfg = PretrainConfig()
+    model = ContextModel(cfg, torch.zeros(8, 3), edges)
+    x, batch_adjacency = model.graph_inputs(torch.randn(3 * 8, 5), 3)
+    assert x.shape == (3, 8, 5) and batch_adjacency.shape == (3, 8, 8) and batch_adjacency.is_contiguous()
+    assert all(torch.equal(a, adjacency) for a in batch_adjacency)
 
 
 def test_graph_encoder_invariant_to_landmark_permutation():
@@ -50,12 +53,11 @@ def test_graph_encoder_invariant_to_landmark_permutation():
     coords, edges = _lattice(3)
     enc = GraphEncoder(16).eval()
     x = torch.randn(27, 16)
-    batch = torch.zeros(27, dtype=torch.long)
     perm = torch.randperm(27)
     inverse = torch.argsort(perm)
     permuted_edges = inverse[edges]  # node i of the new order is node perm[i] of the old one
-    out = enc(x, edges, batch)
-    out_perm = enc(x[perm], permuted_edges, batch)
+    out = enc(x[None], dense_adjacency(edges, 27)[None])
+    out_perm = enc(x[perm][None], dense_adjacency(permuted_edges, 27)[None])
     assert torch.allclose(out, out_perm, atol=1e-5)
     nodes = enc.node_embeddings(x, edges)
     assert torch.allclose(enc.node_embeddings(x[perm], permuted_edges), nodes[perm], atol=1e-5)
@@ -81,8 +83,9 @@ def test_context_model_levels_share_the_patch_encoder():
     patches = torch.randn(2, 8, 1, 8, 8, 8)
     feats = model.node_features(patches)
     assert feats.shape == (16, 16) and not feats.requires_grad
-    x, e, batch = model.graph_inputs(feats, 2)
-    out = model.graph((x, e, batch), (x, e, batch))
+    x, adjacency = model.graph_inputs(feats, 2)
+    assert x.shape == (2, 8, 16) and adjacency.shape == (2, 8, 8)
+    out = model.graph((x, adjacency), (x, adjacency))
     assert out.pos.shape == (2,) and out.neg.shape == (2, cfg.moco.graph_queue)
 
 
@@ -125,3 +128,17 @@ def test_anchor_location_reaches_only_the_head():
         nodes = model.node_features(subject)
         model.landmark_coords.add_(1.0)
         assert nodes.shape == (8, 128) and torch.equal(model.node_features(subject), nodes)
+
+
+def test_dense_graph_encoder_equals_the_sparse_computation():
+    """GraphEncoder on dense ``[G, L, F]`` + ``[G, L, L]`` inputs = node embeddings on the batched edge list,
+    mean-pooled per subject (torch_geometric's global_mean_pool), with a different graph per subject."""
+    from torch_geometric.nn import global_mean_pool
+
+    torch.manual_seed(0)
+    enc = GraphEncoder(6).eval()
+    x = torch.randn(3, 5, 6)
+    adjacency = torch.rand(3, 5, 5) > 0.5
+    edges = torch.cat([torch.stack(torch.nonzero(adjacency[g], as_tuple=True)) + 5 * g for g in range(3)], 1)
+    expected = global_mean_pool(enc.node_embeddings(x.reshape(15, 6), edges), torch.arange(3).repeat_interleave(5))
+    assert torch.allclose(enc(x, adjacency), expected, atol=1e-6)

@@ -149,3 +149,27 @@ def test_checkpoint_with_code_is_refused_and_runs_nothing(tiny_cohort, tmp_path)
     with pytest.raises(UserError, match="refused"):
         extract_features(run, device="cpu", workers=0)
     assert not marker.exists()
+
+
+def test_subject_graphs_train_and_extract(tiny_cohort, tmp_path):
+    """``graph: subject``: each subject's overlap graph reaches the graph level (patch and feature views) and
+    extraction; the graph features then differ from a lattice run's with the same weights."""
+    from copd_ifm.context.data import subject_adjacency
+    from copd_ifm.ct.store import PatchStore
+
+    store = PatchStore(tiny_cohort.store_path)
+    adjacency = subject_adjacency(store, [0, 1])
+    for g, sid in enumerate(store.sids[:2]):
+        edges = store.subject_graph(sid)
+        assert adjacency[g].sum() == edges.shape[1] and bool(adjacency[g][edges[0], edges[1]].all())
+    for views in ("patch", "feature"):
+        run = pretrain(tiny_cohort, _cfg(tiny_cohort, extra=["schedule.epochs=1", "graph=subject",
+                                                             f"schedule.graph_views={views}"]), tmp_path / views)
+        assert np.isfinite(_history(run)[0]["graph_loss"])
+    subject = read_feature_sets(extract_features(run, device="cpu", workers=0))["feature/graph"]
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["pretrain"]["graph"] = "lattice"
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    lattice = read_feature_sets(extract_features(run, out=tmp_path / "lattice.parquet", device="cpu",
+                                                 workers=0))["feature/graph"]
+    assert not np.allclose(subject.to_numpy(), lattice.to_numpy())

@@ -126,7 +126,12 @@ class PretrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log_every: int = 10
+    # Context graph of the graph level: "lattice" (the atlas's face-neighbour graph, every subject alike) or
+    # "subject" (the anchor's overlap rule on each subject's mapped corners, centers/<sid>.npy).
+    graph: str = "lattice"
 
     def validate(self) -> None:
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.graph not in {"lattice", "subject"}:
+            raise ValueError(f"graph must be lattice or subject, got {self.graph!r}")

@@ -11,7 +11,7 @@ every rank, so the gathered keys go to the right queue).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -87,18 +87,31 @@ class SubjectDataset(Dataset):
         return torch.from_numpy(self.store.to_network(cubes))[:, None]
 
 
-class SubjectBatchDataset(Dataset):
-    """Item ``i`` → patches of the subjects of graph step ``i``: ``[G, L, 1, P, P, P]`` float32."""
+def subject_adjacency(store: PatchStore, subjects: Sequence[int]) -> Tensor:
+    """The anchor's overlap graphs of ``subjects`` (indices into ``store.sids``) as ``[G, L, L]`` bool adjacency."""
+    n = store.n_landmarks
+    adjacency = torch.zeros(len(subjects), n, n, dtype=torch.bool)
+    for g, s in enumerate(subjects):
+        edges = store.subject_graph(store.sids[s])
+        adjacency[g, edges[0], edges[1]] = True
+    return adjacency
 
-    def __init__(self, store: PatchStore, plan: list[tuple[int, ...]]) -> None:
+
+class SubjectBatchDataset(Dataset):
+    """Item ``i`` → (patches ``[G, L, 1, P, P, P]`` float32 of the subjects of graph step ``i``, their
+    indices ``[G]``); the subjects' overlap graphs ``[G, L, L]`` are made here too when ``subject_graphs``."""
+
+    def __init__(self, store: PatchStore, plan: list[tuple[int, ...]], subject_graphs: bool = False) -> None:
         self.subjects = SubjectDataset(store)
-        self.plan = plan
+        self.plan, self.subject_graphs = plan, subject_graphs
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, i: int) -> Tensor:
-        return torch.stack([self.subjects[s] for s in self.plan[i]])
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor | None]:
+        step = self.plan[i]
+        patches = torch.stack([self.subjects[s] for s in step])
+        return patches, subject_adjacency(self.subjects.store, step) if self.subject_graphs else None
 
 
 def loader(dataset: Dataset, workers: int, batch_size: int | None = None) -> DataLoader:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv, global_mean_pool
+from torch_geometric.nn import GCNConv
 
 
 def _conv(c_in: int, c_out: int, stride: int) -> nn.Module:
@@ -124,6 +124,12 @@ class GraphEncoder(nn.Module):
         """Node features ``[ΣL, F]`` and edges ``[2, E]`` → node embeddings ``[ΣL, F]``."""
         return self.act(self.norm(self.conv(x, edge_index)))
 
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
-        """Node features ``[ΣL, F]``, edges ``[2, E]``, node → subject ``[ΣL]`` → ``[B, F]``."""
-        return global_mean_pool(self.node_embeddings(x, edge_index), batch)
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        """Node features ``[G, L, F]`` and adjacency ``[G, L, L]`` (bool) → mean node embedding ``[G, F]``.
+
+        Dense per-subject inputs, so MoCo's shuffle-BN can move subjects with their graphs across ranks.
+        """
+        g, n, f = x.shape
+        graph, i, j = adjacency.nonzero(as_tuple=True)
+        edges = torch.stack([graph * n + i, graph * n + j])
+        return self.node_embeddings(x.reshape(g * n, f), edges).view(g, n, -1).mean(1)

@@ -19,12 +19,11 @@ from copd_ifm.context.encoders import AnchorEncoder, GraphEncoder, LocationJoin,
 from copd_ifm.contrastive import MoCo
 
 
-def batched_edges(edge_index: Tensor, n_nodes: int, n_graphs: int) -> tuple[Tensor, Tensor]:
-    """Replicate one graph's ``[2, E]`` edges for ``n_graphs`` copies → ``[2, n_graphs·E]`` and node→graph ``[n_graphs·L]``."""
-    offsets = torch.arange(n_graphs, device=edge_index.device).repeat_interleave(edge_index.shape[1]) * n_nodes
-    edges = edge_index.repeat(1, n_graphs) + offsets
-    batch = torch.arange(n_graphs, device=edge_index.device).repeat_interleave(n_nodes)
-    return edges, batch
+def dense_adjacency(edge_index: Tensor, n_nodes: int) -> Tensor:
+    """``[2, E]`` edges → ``[L, L]`` bool adjacency."""
+    adjacency = torch.zeros(n_nodes, n_nodes, dtype=torch.bool, device=edge_index.device)
+    adjacency[edge_index[0], edge_index[1]] = True
+    return adjacency
 
 
 def patch_module(m: ModelConfig) -> LocationJoin | PatchEncoder:
@@ -46,8 +45,9 @@ class ContextModel(nn.Module):
         patch = patch_module(m)
         self.patch = MoCo(patch, patch.out_dim, m.embed_dim, moco.patch_queue, moco.momentum, m.mlp_head,
                           num_queues=n_landmarks if moco.per_landmark_queue else 1)
+        # Graph inputs are dense tensors (features, adjacency), so shuffle-BN moves subjects with their graphs.
         self.graph = MoCo(GraphEncoder(m.feat_dim), m.feat_dim, m.embed_dim, moco.graph_queue, moco.momentum,
-                          m.mlp_head, shuffle_bn=False)
+                          m.mlp_head)
         self.per_landmark_queue = moco.per_landmark_queue
 
     @property
@@ -83,7 +83,11 @@ class ContextModel(nn.Module):
         encoder.train(was_training)
         return out
 
-    def graph_inputs(self, node_feats: Tensor, n_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Inputs of the graph encoder for ``n_graphs`` subjects with node features ``[n_graphs·L, F]``."""
-        edges, batch = batched_edges(self.edge_index, self.n_landmarks, n_graphs)
-        return node_feats, edges, batch
+    def graph_inputs(self, node_feats: Tensor, n_graphs: int,
+                     adjacency: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Graph-encoder inputs of ``n_graphs`` subjects with node features ``[n_graphs·L, F]``:
+        ``([G, L, F], [G, L, L] bool)``; ``adjacency`` ``[G, L, L]`` per subject, default the lattice for all."""
+        x = node_feats.view(n_graphs, self.n_landmarks, -1)
+        if adjacency is None:
+            adjacency = dense_adjacency(self.edge_index, self.n_landmarks).expand(n_graphs, -1, -1).contiguous()
+        return x, adjacency.to(x.device)

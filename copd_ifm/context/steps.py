@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from copd_ifm.context.augment import PatchAugment
 from copd_ifm.context.config import PretrainConfig
 from copd_ifm.context.data import (PatchStepDataset, SubjectBatchDataset, SubjectDataset, graph_epoch_plan, loader,
-                                   patch_epoch_plan)
+                                   patch_epoch_plan, subject_adjacency)
 from copd_ifm.context.model import ContextModel
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.loop import Phase, StepOutput
@@ -78,12 +78,14 @@ class ContextSteps:
         sched = self.cfg.schedule
         plan = graph_epoch_plan(len(self.store.sids), sched.graph_batch, self.cfg.seed, epoch, sub,
                                 self.info.rank, self.info.world_size)
+        subject_graphs = self.cfg.graph == "subject"
         if sched.graph_views == "patch":
-            return loader(SubjectBatchDataset(self.store, plan), self.cfg.workers), len(plan)
+            return loader(SubjectBatchDataset(self.store, plan, subject_graphs), self.cfg.workers), len(plan)
         if sub == 0:
             self.cached = self._encode_cohort()
             self.scale = self.cached.flatten(0, 1).std(0)
-        return [torch.tensor(b) for b in plan], len(plan)
+        return [(torch.tensor(b), subject_adjacency(self.store, b) if subject_graphs else None) for b in plan], \
+            len(plan)
 
     def _encode_cohort(self) -> Tensor:
         """Frozen patch features of every subject without augmentation: ``[n_subjects, L, F]``."""
@@ -96,20 +98,22 @@ class ContextSteps:
         keep = (torch.rand(feats.shape[0], 1, device=feats.device) >= aug.node_drop).to(feats.dtype)
         return (feats + torch.randn_like(feats) * self.scale * aug.feature_noise) * keep
 
-    def graph_step(self, batch: Tensor) -> StepOutput:
-        """Subjects (``[G]`` indices, or ``[G, L, 1, P, P, P]`` patches) → cosines against the subject queue."""
+    def graph_step(self, batch: tuple[Tensor, Tensor | None]) -> StepOutput:
+        """Subjects (``[G]`` indices, or ``[G, L, 1, P, P, P]`` patches) and their ``[G, L, L]`` graphs (None:
+        the lattice) → cosines against the subject queue; both views share the adjacency."""
         n_lm = self.model.n_landmarks
+        subjects, adjacency = batch
         if self.cfg.schedule.graph_views == "feature":
             assert self.cached is not None
-            feats = self.cached[batch].flatten(0, 1)
-            f1, f2, g = self._feature_view(feats), self._feature_view(feats), len(batch)
+            feats = self.cached[subjects].flatten(0, 1)
+            f1, f2, g = self._feature_view(feats), self._feature_view(feats), len(subjects)
         else:
-            patches = batch.to(self.info.device, non_blocking=True)
+            patches = subjects.to(self.info.device, non_blocking=True)
             g = patches.shape[0]
             groups = torch.arange(g, device=self.info.device).repeat_interleave(n_lm)
             flat = patches.flatten(0, 1)
             with torch.no_grad(), autocast(self.info.device, self.cfg.amp):
                 f1 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
                 f2 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
-        out = self.graph_net(self.model.graph_inputs(f1, g), self.model.graph_inputs(f2, g))
+        out = self.graph_net(self.model.graph_inputs(f1, g, adjacency), self.model.graph_inputs(f2, g, adjacency))
         return StepOutput(out.pos, out.neg, g)

@@ -5,7 +5,8 @@ no augmentation:
 
 * ``patch_f*``: the mean over landmarks of the patch encoder's features ``[L, F] → [F]``;
 * ``graph_f*``: the mean over landmarks of the GCN node embeddings (the
-  anchor's subject feature: node embeddings, not the pooled projection).
+  anchor's subject feature: node embeddings, not the pooled projection), on the
+  run's context graph (the lattice, or with ``graph: subject`` each subject's own).
 """
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
                         f"landmark_step_mm and atlas as cohort {run_cohort.name!r}")
     rows = []
     with torch.no_grad():
-        for patches in tqdm(loader(SubjectDataset(store), workers, batch_size=1), total=len(store.sids),
-                            desc="extract", unit="subject"):
+        for sid, patches in zip(store.sids, tqdm(loader(SubjectDataset(store), workers, batch_size=1),
+                                                 total=len(store.sids), desc="extract", unit="subject")):
             feats = model.node_features(patches.to(dev))                            # [L, F]
-            nodes = model.graph_encoder.node_embeddings(feats, model.edge_index)     # [L, F]
+            edges = store.subject_graph(sid).to(dev) if cfg.graph == "subject" else model.edge_index
+            nodes = model.graph_encoder.node_embeddings(feats, edges)               # [L, F]
             rows.append(np.concatenate([nodes.mean(0).cpu().numpy(), feats.mean(0).cpu().numpy()]))
     dim = model.graph_encoder.feat_dim
     columns = [f"graph_f{i}" for i in range(dim)] + [f"patch_f{i}" for i in range(model.patch_encoder.feat_dim)]
