@@ -1,0 +1,54 @@
+"""``copd-ifm``: the command line. Thin: parse, resolve config, call one function per stage.
+
+Stages talk through files on disk (manifest, patch store, run folder, features
+table), so each can be rerun, sharded or replaced alone. The CT stages live in
+:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, the
+shared argument plumbing in :mod:`copd_ifm.cli.args`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from copd_ifm.cli.args import Parser, common, fmt
+from copd_ifm.cli.ct import add_ct_parsers
+from copd_ifm.cli.vision import add_vision_parsers
+from copd_ifm.errors import UserError
+
+STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="copd-ifm", formatter_class=fmt,
+                    description="Implicit feature modification (IFM) for self-supervised lung-CT and "
+                                "natural-image encoders. Stages: " + ", ".join(STAGES))
+    common(parser)
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=Parser)
+    sub.required = True
+    add_ct_parsers(sub)
+    p = sub.add_parser("vision", help="SimCLR / MoCo-v2 with IFM on natural images", formatter_class=fmt)
+    common(p)
+    vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=Parser)
+    vsub.required = True
+    add_vision_parsers(vsub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"copd-ifm {args.stage}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"copd-ifm {args.stage}: interrupted", file=sys.stderr)
+        return 130

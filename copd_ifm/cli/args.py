@@ -1,0 +1,71 @@
+"""Argument plumbing shared by every ``copd-ifm`` subcommand: one-line parse errors, typed values, and the
+one override path (flags and ``--set`` items become one ``{"dotted.key": value}`` mapping)."""
+from __future__ import annotations
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``copd-ifm STAGE: error: ...`` and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def fmt(prog: str) -> argparse.HelpFormatter:
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32)
+
+
+def workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+
+
+def add_set(p: argparse.ArgumentParser, cohort_prefix: bool = False) -> None:
+    extra = "; cohort fields take the prefix cohort. (e.g. cohort.manifest=PATH)" if cohort_prefix else ""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override any config field (dotted key, YAML value); repeatable{extra}")
+
+
+def add_ifm_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ifm-only", action="store_true",
+                   help="train on L_ε alone instead of (L + α·L_ε)/2 (the paper's Table 2 'L_ε' row)")
+
+
+def add_extend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extend", action="store_true",
+                   help="resume --out and train to --epochs (more than it was started with); the cosine LR "
+                        "schedule is recomputed over the new length")
+
+
+def overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """One dotted-key override mapping: the typed values of the given ``flags`` (flag → config field),
+    then the parsed ``--set`` items (which win)."""
+    from copd_ifm.config import dotted
+
+    given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) not in (None, False)}
+    return {**given, **dotted(args.overrides)}
+
+
+def cohort_overrides(args: argparse.Namespace) -> dict:
+    """``--set`` for a stage whose config is the cohort: the ``cohort.`` prefix is optional there."""
+    from copd_ifm.config import split_prefix
+
+    prefixed, plain = split_prefix(overrides(args, {}), "cohort")
+    return {**plain, **prefixed}

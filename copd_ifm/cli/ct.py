@@ -1,0 +1,201 @@
+"""``copd-ifm synth | preprocess | pretrain | extract | evaluate | demo``: the CT stages."""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+from copd_ifm.cli.args import (add_extend, add_ifm_only, add_set, cohort_overrides, common, fmt, overrides, shard,
+                               workers)
+from copd_ifm.errors import UserError
+
+if TYPE_CHECKING:
+    from copd_ifm.cohort.config import CohortConfig
+
+log = logging.getLogger("copd_ifm")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.cohort.synthetic import generate_cohort
+
+    manifest = generate_cohort(Path(args.out), n=args.n, seed=args.seed, spacing_mm=args.spacing,
+                               workers=args.workers)
+    print(f"synthetic cohort: {manifest} ({args.n} subjects at {args.spacing} mm; "
+          f"preview {manifest.parent / 'preview.png'})")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.ct.preprocess import preprocess_cohort
+
+    cohort = resolve_cohort(args.cohort, cohort_overrides(args))
+    store = preprocess_cohort(cohort, out=Path(args.out) if args.out else None, workers=args.workers,
+                              shard=args.shard, lung_seg=args.lung_seg, force=args.force)
+    failed = store.failures
+    print(f"patch store {store.path}: {len(store.sids)} subjects ok, {len(failed)} failed; "
+          f"{store.n_landmarks} landmarks, patches {store.patch_size}^3 at {store.config['spacing_mm']} mm")
+    for row in failed.head(10).itertuples():
+        print(f"  failed {row.sid}: {row.reason}")
+    if len(failed):
+        print(f"  all failures: {store.path / 'failures.csv'}")
+    return 1 if len(failed) else 0
+
+
+def _ensure_store(cohort: "CohortConfig") -> None:
+    """Prepare a missing patch store (the demo cohort on a fresh install: synth + preprocess)."""
+    from copd_ifm.ct.preprocess import preprocess_cohort
+    from copd_ifm.ct.store import PatchStore
+
+    try:
+        PatchStore(cohort.store_path)
+    except UserError:
+        log.info("no patch store at %s: preprocessing cohort %r first", cohort.store_path, cohort.name)
+        preprocess_cohort(cohort)
+
+
+#: ``pretrain`` flag → dotted PretrainConfig field (unset flags leave the config's value).
+_PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "ifm_only": "loss.ifm_only",
+                   "epochs": "schedule.epochs", "device": "device"}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm import config as cfg_io
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.context.config import PretrainConfig
+    from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config
+
+    cohort_sets, sets = cfg_io.split_prefix(overrides(args, _PRETRAIN_FLAGS), "cohort")
+    if args.resume or args.extend:
+        if not args.out:
+            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out")
+        cohort, saved = read_run_config(args.out)
+        if cohort_sets:
+            raise UserError(f"--resume: the cohort of {args.out} is fixed; drop --set cohort.{next(iter(cohort_sets))}")
+        cfg = cfg_io.from_dict(PretrainConfig, cfg_io.apply_overrides(cfg_io.to_dict(saved), sets),
+                               str(Path(args.out) / "config.yaml"))
+    else:
+        cohort = resolve_cohort(args.cohort, cohort_sets)
+        cfg = resolve_pretrain_config(args.config, cohort, sets)
+        _ensure_store(cohort)
+    out = args.out or f"runs/{cohort.name}-{cfg.name}"
+    run = pretrain(cohort, cfg, out, resume=args.resume or args.extend, extend=args.extend)
+    print(f"run folder: {run}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.evaluation.extract import extract_features
+
+    cohort = resolve_cohort(args.cohort) if args.cohort else None
+    path = extract_features(args.run, cohort, args.out, device=args.device)
+    print(f"features: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.evaluation.evaluate import default_report_dir, evaluate
+    from copd_ifm.evaluation.report import format_table
+
+    cohort = resolve_cohort(args.cohort, cohort_overrides(args))
+    out = Path(args.out) if args.out else default_report_dir(cohort)
+    sources = [s.strip() for s in args.features.split(",") if s.strip()]
+    results = evaluate(cohort, sources, args.outcomes.split(","), folds=args.folds, seed=args.seed, out=out,
+                       samples_per_dim=args.samples_per_dim)
+    print(format_table(results))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from copd_ifm.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick)
+    print((report / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {report / 'report.md'} (also report.html, results.csv, plots)")
+    return 0
+
+
+def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
+    """The CT stages' parsers."""
+    p = sub.add_parser("synth", help="generate a synthetic COPD CT cohort", formatter_class=fmt)
+    p.add_argument("--out", required=True, help="cohort folder to write (images/, masks/, manifest.csv)")
+    p.add_argument("--n", type=int, default=48, help="number of subjects")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel spacing in mm")
+    p.add_argument("--workers", type=workers, default=2, help="parallel processes")
+    common(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("preprocess", help="CT → lung mask → atlas registration → patch store",
+                       formatter_class=fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--out", default=None, help="patch store folder (default: the cohort's store)")
+    p.add_argument("--workers", type=workers, default=2, help="parallel processes")
+    p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
+                   help="process only shard K of N (cluster array jobs)")
+    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask"], default=None,
+                   help="lung mask source (default: the cohort's lung_seg)")
+    p.add_argument("--force", action="store_true",
+                   help="fill a store built from another manifest (changed subjects are processed again)")
+    add_set(p)
+    common(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("pretrain", help="context-aware MoCo-v2 with IFM on a patch store",
+                       formatter_class=fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--config", default="ifm", help="pretrain config: name in configs/pretrain or YAML path")
+    p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline); default: config")
+    p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α; default: config")
+    add_ifm_only(p)
+    p.add_argument("--epochs", type=int, default=None, help="epochs; default: config")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<cohort>-<config>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last checkpoint with its saved config (differing flags are refused)")
+    add_extend(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device; unset: config")
+    add_set(p, cohort_prefix=True)
+    common(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("extract", help="embed every subject of a patch store with a pretrained run",
+                       formatter_class=fmt)
+    p.add_argument("--run", required=True, help="run folder written by pretrain")
+    p.add_argument("--cohort", default=None, help="cohort to embed (default: the run's cohort)")
+    p.add_argument("--out", default=None, help="features table (default: RUN/features.parquet)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    common(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("evaluate", help="5-fold CV read-out of COPD outcomes from features",
+                       formatter_class=fmt)
+    p.add_argument("--cohort", default="demo", help="registered cohort name, cohort YAML or manifest CSV")
+    p.add_argument("--features", required=True,
+                   help="comma-separated run folders or feature tables (.parquet/.csv)")
+    p.add_argument("--outcomes", default="logFEV1pp,logFEV1FVC,CLE,Paraseptal,mMRC",
+                   help="comma-separated outcomes")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<cohort>)")
+    p.add_argument("--samples-per-dim", type=workers, default=10,
+                   help="PCA keeps n_train // this many components when features exceed it")
+    add_set(p)
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole chain on the embedded synthetic cohort", formatter_class=fmt)
+    p.add_argument("--out", default="outputs/demo", help="folder for runs and the report")
+    p.add_argument("--quick", action="store_true", help="a shorter run for a first look")
+    common(p)
+    p.set_defaults(func=cmd_demo)

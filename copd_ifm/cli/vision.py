@@ -1,0 +1,280 @@
+"""``copd-ifm vision pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from copd_ifm.cli.args import add_extend, add_ifm_only, add_set, common, fmt, overrides, shard, workers
+from copd_ifm.errors import UserError
+
+log = logging.getLogger("copd_ifm")
+
+
+# ``vision pretrain`` flag → dotted VisionConfig field (unset flags leave the config's value).
+_VISION_FLAGS = {"dataset": "data.dataset", "method": "method", "arch": "model.arch", "ifm_eps": "loss.epsilon",
+                 "ifm_alpha": "loss.alpha", "ifm_only": "loss.ifm_only", "hcl_beta": "loss.hcl_beta", "tau_plus": "loss.tau_plus",
+                 "temperature": "loss.temperature", "epochs": "epochs", "batch_size": "batch_size",
+                 "lr": "optim.lr", "seed": "seed", "data_root": "data.root", "workers": "data.workers",
+                 "download": "data.download",
+                 "width": "model.width",
+                 "classes": "data.classes"}
+
+
+def cmd_vision_pretrain(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from natural_images.config import config_path, default_config_name, load_vision_config
+    from natural_images.run import default_run_dir
+    from natural_images.train import pretrain
+
+    resume = args.resume or args.extend
+    if resume:
+        if not args.out or args.config:
+            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out, drop --config")
+        name = str(Path(args.out) / "config.yaml")
+        if not Path(name).is_file():
+            raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
+    else:
+        name = str(config_path(args.config or default_config_name(args.dataset, args.method)))
+    config = load_vision_config(name, overrides=overrides(args, _VISION_FLAGS))
+    out = Path(args.out) if args.out else default_run_dir(config)
+    summary = pretrain(config, out, resume=resume, device=args.device, extend=args.extend)
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
+        knn = ", ".join(f"{k} {v:.2f}%" for k, v in summary.get("knn_top1", {}).items())
+        print(f"run folder: {out} (epochs {summary.get('epochs_done')}/{summary.get('epochs')}, "
+              f"loss {summary.get('loss', float('nan')):.4f}{', kNN top-1 ' + knn if knn else ''})")
+    return 0
+
+
+def cmd_vision_linear(args: argparse.Namespace) -> int:
+    from natural_images.linear import linear_readout, resolve_linear_config
+
+    linear = resolve_linear_config(args.run, overrides(args, {"epochs": "epochs", "lr": "optim.lr",
+                                                               "batch_size": "batch_size"}))
+    result = linear_readout(args.run, args.dataset, linear, device=args.device, data_root=args.data_root,
+                            download=args.download, workers=args.workers)
+    for label, acc in result["top1"].items():
+        print(f"{result['dataset']} {label}: linear top-1 {acc:.2f}% "
+              f"({result['train_size']} train / {result['test_size']} test images)")
+    print(f"results: {args.run}/linear.json, linear.csv, linear.png")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = [-1.0]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 such as 0.1,0.2,1.0, got {text!r}")
+    return values
+
+
+def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours, is_context_run
+    from natural_images.visualize import visualize_ifm
+
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    ct = is_context_run(args.run)
+    draw = ct_ifm_neighbours if ct else visualize_ifm
+    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
+          f"{result['bank_size']} {'subjects' if ct else 'training images'}): {out / 'ifm_neighbours.png'}")
+    return 0
+
+
+def cmd_vision_robust(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natural_images.robust import robust_features
+
+    out = Path(args.out) if args.out else Path(args.run) / "robust"
+    r = robust_features(args.run, args.fgsm_eps, args.max_steps, out, device=args.device, seed=args.seed)
+    print(f"clean test top-1: D {r['D']:.2f}%, D_R {r['D_R']:.2f}%, D_NR {r['D_NR']:.2f}% "
+          f"({r['flipped']} of {r['train_size']} examples flipped, {r['not_flipped']} never did)")
+    print(f"results: {out / 'robust.json'}, robust.csv, robust_examples.csv, robust.png")
+    return 0
+
+
+def cmd_vision_make_trifeature(args: argparse.Namespace) -> int:
+    from natural_images.config import DataConfig
+    from natural_images.trifeature import TrifeatureSpec, make_trifeature
+
+    spec = TrifeatureSpec(size=args.size, seed=args.seed, per_combination=args.per_combination,
+                          test_per_combination=args.test_per_combination, texture_period=args.texture_period)
+    out = make_trifeature(args.out or DataConfig().root_path / "trifeature", spec, workers=args.workers)
+    log.info("trifeature: %d train + %d test images of %d px in %s (contact sheet: %s)",
+             1000 * spec.train_per_combination, 1000 * spec.test_per_combination, spec.size, out,
+             out / "contact_sheet.png")
+    return 0
+
+
+def cmd_vision_make_digits(args: argparse.Namespace) -> int:
+    from natural_images.config import DataConfig
+    from natural_images.digits import DigitsSpec, make_digits
+
+    data_root = args.data_root or (str(DataConfig().root_path) if args.source == "stl" else None)
+    spec = DigitsSpec(source=args.source, data_root=data_root, size=args.size, seed=args.seed,
+                      n_train=args.n_train, n_test=args.n_test)
+    name = "stl-digits" if spec.source == "stl" else "digits-standin"
+    out = make_digits(args.out or DataConfig().root_path / name, spec, workers=args.workers)
+    log.info("%s written to %s (contact sheet: %s)", name, out, out / "contact_sheet.png")
+    return 0
+
+
+def cmd_vision_study(args: argparse.Namespace) -> int:
+    from natural_images.studies import aggregate, load_study_config, run_study
+
+    extra: dict = {}
+    if args.dataset:
+        extra["dataset"] = args.dataset
+    if args.seeds:
+        extra["seeds"] = args.seeds
+    if args.epochs:
+        extra.setdefault("run", {})["epochs"] = args.epochs
+    if args.data_root:
+        extra.setdefault("run", {})["data"] = {"root": args.data_root}
+        extra["digits"] = {"raw_root": args.data_root}
+    study = load_study_config(args.study, args.scale, args.config, args.overrides, extra)
+    out = args.out or f"outputs/studies/{study.study}-{study.dataset}-{study.scale}"
+    if args.report_only:
+        table = aggregate(study, out)
+    else:
+        table = run_study(study, out, shard=args.shard, device=args.device, workers=args.workers)
+    log.info("%s study: %d finished runs; results, plots and summary.md in %s", study.study, len(table), out)
+    return 0
+
+
+def add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
+    """``copd-ifm vision pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
+    p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=fmt,
+                        description="Unset flags keep the config's value. Runs under torchrun for DDP "
+                                    "(--batch-size is the global batch).")
+    p.add_argument("--dataset", default=None,
+                   help="cifar10, cifar100, stl10, tinyimagenet, imagenet100, trifeature, digits-standin, "
+                        "stl-digits, folder (--data-root DIR with train/ and val/ class folders); unset: cifar10")
+    p.add_argument("--method", choices=["simclr", "moco", "adco"], default=None,
+                   help="contrastive method (adco: learnable negatives, settings in the adco: section); unset: simclr")
+    p.add_argument("--config", default=None,
+                   help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr")
+    p.add_argument("--arch", default=None, help="torchvision ResNet: resnet18, resnet50, ...")
+    p.add_argument("--width", type=float, default=None,
+                   help="channel multiplier of the ResNet (0.25: 16 base channels, ~1/16 of the compute)")
+    p.add_argument("--ifm-eps", type=float, default=None, help="IFM budget ε (0 = baseline)")
+    p.add_argument("--ifm-alpha", type=float, default=None, help="IFM weight α in (L + α·L_ε)/2")
+    add_ifm_only(p)
+    p.add_argument("--hcl-beta", type=float, default=None, help="hard-negative concentration β")
+    p.add_argument("--tau-plus", type=float, default=None, help="positive-class prior τ⁺ (debiased negatives)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature τ")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets; unset: the config's (DATA_HOME/vision)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="keep only the class folders listed in FILE, one per line (folder, imagenet100)")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per GPU/process")
+    p.add_argument("--out", default=None, help="run folder; unset: runs/vision/DATASET_METHOD_ARCH_epsE_seedS")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_extend(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    add_set(p)
+    common(p)
+    p.set_defaults(func=cmd_vision_pretrain)
+
+    p = vsub.add_parser("linear", help="linear read-out of a pretrained run", formatter_class=fmt,
+                        description="Encodes train/test once with the frozen encoder, then trains a linear "
+                                    "classifier; --set keys are fields of the run config's linear section.")
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--dataset", default=None, help="dataset to read out; unset: the pretraining dataset")
+    p.add_argument("--epochs", type=int, default=None, help="linear epochs; unset: the run config's")
+    p.add_argument("--lr", type=float, default=None, help="learning rate; unset: the run config's")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size; unset: the run config's")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets; unset: the run's")
+    p.add_argument("--download", action="store_true", help="download a missing dataset (needs internet)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes; unset: the run config's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    add_set(p)
+    common(p)
+    p.set_defaults(func=cmd_vision_linear)
+
+    p = vsub.add_parser("visualize-ifm", help="nearest training images to IFM-perturbed keys (paper Fig. 4)",
+                        formatter_class=fmt)
+    p.add_argument("--run", required=True, help="run folder of 'vision pretrain', or of 'pretrain' (CT: subjects)")
+    p.add_argument("--eps", type=_floats, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
+    p.add_argument("--anchors", type=workers, default=4, help="anchors, evenly spaced over the train split (CT: store)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
+    p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    common(p)
+    p.set_defaults(func=cmd_vision_visualize_ifm)
+
+    p = vsub.add_parser("robust", help="robust vs non-robust features: probes on D, D_R, D_NR (paper Fig. 8)",
+                        formatter_class=fmt)
+    p.add_argument("--run", required=True, help="run folder written by 'vision pretrain'")
+    p.add_argument("--fgsm-eps", type=float, default=0.01, help="FGSM step in pixel units of [0, 1] images")
+    p.add_argument("--max-steps", type=workers, default=20, help="FGSM steps before an example counts as unflipped")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random targets t != y")
+    p.add_argument("--out", default=None, help="folder for robust.json/.csv/.png; unset: RUN/robust")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    common(p)
+    p.set_defaults(func=cmd_vision_robust)
+
+    p = vsub.add_parser("make-trifeature", help="generate the Trifeature dataset", formatter_class=fmt)
+    p.add_argument("--out", default=None,
+                   help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png); "
+                        "default: DATA_HOME/vision/trifeature, where `--dataset trifeature` looks")
+    p.add_argument("--size", type=int, default=128, help="image side in px")
+    p.add_argument("--per-combination", type=int, default=10,
+                   help="images per colour × shape × texture combination (train + test)")
+    p.add_argument("--test-per-combination", type=int, default=2, help="of those, images in the test split")
+    p.add_argument("--texture-period", type=float, default=None,
+                   help="texture period in px (default: 10·size/224, at least 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pixels)")
+    p.add_argument("--workers", type=workers, default=2, help="parallel processes")
+    common(p)
+    p.set_defaults(func=cmd_vision_make_trifeature)
+
+    p = vsub.add_parser("make-digits", help="build STL-digits (or its offline stand-in)", formatter_class=fmt)
+    p.add_argument("--out", default=None,
+                   help="folder to write (images/, labels.csv, dataset.json, contact_sheet.png); default: "
+                        "DATA_HOME/vision/stl-digits or .../digits-standin, where `--dataset NAME` looks")
+    p.add_argument("--source", choices=["stl", "standin"], default="standin",
+                   help="stl: STL10 + MNIST files under --data-root; standin: scikit-learn's digits and photos")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding stl10_binary/ and MNIST/raw/ (--source stl); default: DATA_HOME/vision")
+    p.add_argument("--size", type=int, default=96, help="image side in px (composed at 96 px)")
+    p.add_argument("--n-train", type=int, default=5000, help="stand-in training items")
+    p.add_argument("--n-test", type=int, default=2000, help="stand-in test items")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--workers", type=workers, default=2, help="parallel processes")
+    common(p)
+    p.set_defaults(func=cmd_vision_make_digits)
+
+    p = vsub.add_parser("study", help="feature-suppression studies (difficulty, IFM, correlation)",
+                        formatter_class=fmt)
+    p.add_argument("study", choices=["difficulty", "ifm", "correlation"],
+                   help="difficulty: τ/β sweeps; ifm: IFM vs baseline; correlation: loss vs read-out error")
+    p.add_argument("--scale", choices=["small", "paper"], default="small",
+                   help="small: 32-px images, CPU minutes; paper: 128-px Trifeature, ResNet-18, 200 epochs")
+    p.add_argument("--config", default=None, help="study YAML; unset: configs/vision/studies/STUDY-SCALE.yaml")
+    p.add_argument("--dataset", choices=["trifeature", "digits-standin", "stl-digits"], default=None,
+                   help="unset: the config's (trifeature)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting; unset: the config's")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs per run; unset: the config's")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding (or receiving) the generated dataset and STL10/MNIST; unset: the config's")
+    p.add_argument("--out", default=None, help="study folder; unset: outputs/studies/STUDY-DATASET-SCALE")
+    p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
+                   help="run only every N-th run from the K-th (one process per GPU)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    p.add_argument("--workers", type=workers, default=2, help="processes generating the dataset if missing")
+    p.add_argument("--report-only", action="store_true", help="only re-aggregate the finished runs")
+    add_set(p)
+    common(p)
+    p.set_defaults(func=cmd_vision_study)
