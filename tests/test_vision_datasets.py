@@ -297,10 +297,8 @@ def test_pretrain_and_linear_on_each_format(tmp_path, dataset, method, writer, n
     assert label_names(build_dataset(config.data, "test")) == ["class"]
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
-    write_cifar10(tmp_path / "data")
-    config = _tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.1, "knn.every": 0})
-    pretrain(config, tmp_path / "full")
+def _killed_after_first_checkpoint(config: VisionConfig, run: Path, monkeypatch) -> None:
+    """Start ``config`` in ``run`` and kill it right after its first checkpoint is written."""
 
     class Killed(Exception):
         pass
@@ -313,8 +311,15 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(Killed):
-        pretrain(config, tmp_path / "killed")
+        pretrain(config, run)
     monkeypatch.setattr(Checkpointer, "save", real_save)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "data")
+    config = _tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.1, "knn.every": 0})
+    pretrain(config, tmp_path / "full")
+    _killed_after_first_checkpoint(config, tmp_path / "killed", monkeypatch)
     assert Checkpointer(tmp_path / "killed").load()["epoch"] == 1
     with pytest.raises(UserError, match="loss.epsilon: saved 0.1, given 0.2"):
         pretrain(_tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.2, "knn.every": 0}),
@@ -357,19 +362,6 @@ def test_on_device_augmentation_trains_and_resumes_exactly(tmp_path, monkeypatch
     write_cifar10(tmp_path / "data")
     config = _tiny(tmp_path / "data", "cifar10", "simclr", **{"augment.device": "gpu", "knn.every": 0})
     full = pretrain(config, tmp_path / "full")
-
-    class Killed(Exception):
-        pass
-
-    real_save = Checkpointer.save
-
-    def save_then_die(self, state):
-        real_save(self, state)
-        raise Killed
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(config, tmp_path / "killed")
-    monkeypatch.setattr(Checkpointer, "save", real_save)
+    _killed_after_first_checkpoint(config, tmp_path / "killed", monkeypatch)
     resumed = pretrain(config, tmp_path / "killed", resume=True)
     assert np.isfinite(full["loss"]) and resumed["loss"] == full["loss"]
