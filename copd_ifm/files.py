@@ -51,11 +51,12 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any], size: int | None = None) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it onto ``path``.
 
     On any failure the temporary file is removed; ENOSPC (disk full) becomes a
-    :class:`UserError` naming the folder and its free space.
+    :class:`UserError` naming the file, the space it needs (``size`` bytes when
+    known, else at least what was written) and the free space.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +65,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if _is_disk_full(exc):
-            raise UserError(f"{path}: disk full while writing ({_free_space(path.parent)}); free space on that "
-                            f"disk or choose another output folder, then re-run (finished work is kept)") from exc
+            need = f"needs {size / 2**20:.1f} MiB" if size else f"needs more than the {written / 2**20:.1f} MiB written"
+            raise UserError(f"{path}: disk full while writing ({need}, {_free_space(path.parent)}); free space on "
+                            f"that disk or choose another output folder, then re-run (finished work is kept)") from exc
         raise
     return path
 
@@ -81,12 +84,12 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), size=len(text.encode("utf-8")))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), size=len(data))
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
