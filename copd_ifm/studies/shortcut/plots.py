@@ -80,7 +80,7 @@ def plot_regions(out: Path, plans: list[RunPlan], store: PatchStore, latent: str
     table = store.landmark_table
     half = store.patch_size / 2.0
     lung = atlas_lung_array(spacing).any(axis=1)                      # [z, x] coronal silhouette
-    eps = sorted({p.epsilon for p in plans if p.method == "ifm"})
+    eps = sorted({p.epsilon for p in plans if p.method == "ifm" and (out / "runs" / p.run_id / "regions.csv").is_file()})
     maps: list[tuple[str, pd.Series | None, str]] = [
         ("measured share ≤ −950 HU (data)", pd.Series(landmark_laa(store)), "magma"),
         ("baseline (ε = 0)", _regions(out, plans, "baseline", None), "viridis"),

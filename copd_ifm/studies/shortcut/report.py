@@ -152,12 +152,12 @@ def _verdict(row) -> str:
     return "higher" if row.delta > 0 else "lower"
 
 
-def _pm(values: pd.Series) -> str:
+def _pm(values: pd.Series, seeded: bool = True) -> str:
     values = values.dropna()
     if values.empty:
         return "–"
     if len(values) < 2:
-        return f"{values.iloc[0]:.3f} (1 seed)"
+        return f"{values.iloc[0]:.3f}" + (" (1 seed)" if seeded else "")
     return f"{values.mean():.3f} ± {values.std():.3f}"
 
 
@@ -174,7 +174,8 @@ def _readout_table(results: pd.DataFrame, targets: list[Target]) -> list[str]:
     lines = ["| latent (metric) | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for t in targets:
         name = t.outcome.name
-        cells = [_pm(primary[mask & (primary["latent"] == name)]["value"]) for _, mask in columns]
+        cells = [_pm(primary[mask & (primary["latent"] == name)]["value"], label not in ("chance", "densitometry"))
+                 for label, mask in columns]
         lines.append(f"| {name} ({primary_metric(t.outcome.kind)}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -233,7 +234,8 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
              "untrained encoder of the same architecture and seed (0 training steps), and chance (training mean: "
              "R² ≤ 0; majority level: accuracy).", "",
              "## Read-out per latent and outcome", "",
-             "Mean ± sd over seeds of the fold-mean score (R² or accuracy); sd only with ≥ 2 seeds.", "",
+             "Mean ± sd over seeds of the fold-mean score (R² or accuracy); sd only with ≥ 2 seeds (densitometry "
+             "and chance do not depend on the seed).", "",
              *_readout_table(results, targets), ""]
     if not table.empty:
         ifm = table[table["comparison"].str.startswith("IFM")]
@@ -263,7 +265,7 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     from copd_ifm.context.train import open_store
 
     results, runs = collect_results(out, plans, targets, density, study.samples_per_dim)
-    files.atomic_write_text(out / "results.csv", results.to_csv(index=False, float_format="%.6g"))
+    files.atomic_write_text(out / "results.csv", results.to_csv(index=False, float_format="%.8g"))
     table = comparisons(results)
     if not table.empty:
         files.atomic_write_text(out / "comparisons.csv", table.to_csv(index=False, float_format="%.6g"))

@@ -140,8 +140,12 @@ def _final_losses(run_dir: Path, cfg: PretrainConfig) -> dict[str, float]:
 
 
 def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targets: list[Target],
-                out: Path, device: str = "auto") -> dict[str, Any]:
-    """Pretrain (or resume, or build untrained), extract, read out; ``result.json`` last. Returns its content."""
+                out: Path, device: str = "auto", regional: bool = True) -> dict[str, Any]:
+    """Pretrain (or resume, or build untrained), extract, read out; ``result.json`` last. Returns its content.
+
+    ``regional``: also write the per-landmark read-out ``regions.csv`` (one CV per landmark: the
+    costliest read-out, so the study asks for it only where the regional map uses it).
+    """
     run_dir = out / "runs" / plan.run_id
     result_path = run_dir / RESULT_FILE
     if result_path.is_file():
@@ -160,10 +164,11 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     sets = {name.rsplit("/", 1)[-1]: frame for name, frame in read_feature_sets(run_dir).items()}
     readout = read_out(sets, targets, study.samples_per_dim)
     files.atomic_write_text(run_dir / "readout.csv", readout.to_csv(index=False))
-    region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
-    sids = list(sets["graph"].index)
-    regions = regional_readout(np.load(nodes_path), sids, region_target, study.samples_per_dim)
-    files.atomic_write_text(run_dir / "regions.csv", regions.to_csv(index=False))
+    if regional:
+        region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
+        regions = regional_readout(np.load(nodes_path), list(sets["graph"].index), region_target,
+                                   study.samples_per_dim)
+        files.atomic_write_text(run_dir / "regions.csv", regions.to_csv(index=False))
     result = {"run_id": plan.run_id, "method": plan.method, "epsilon": plan.epsilon, "tau": plan.tau,
               "seed": plan.seed, **_final_losses(run_dir, cfg), "wall_s": round(time.time() - started, 1)}
     files.atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
@@ -186,13 +191,15 @@ def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0
         run_config(study, cohort, plan, device)      # every run's config is valid before compute starts
     density = densitometry_table(cohort)
     targets = study_targets(study, cohort, density.index.intersection(pd.Index(open_store(cohort).sids)))
+    top_eps = max([p.epsilon for p in plans if p.method == "ifm"], default=0.0)
     failed = []
     for plan in tqdm(plans[k::n], desc=f"shortcut study {study.scale}", unit="run"):
         if (out / "runs" / plan.run_id / RESULT_FILE).is_file():
             continue
         log.info("run %s", plan.run_id)
         try:
-            execute_run(study, plan, cohort, targets, out, device)
+            # the regional map shows the untrained encoder, the baseline and the largest ε
+            execute_run(study, plan, cohort, targets, out, device, plan.method != "ifm" or plan.epsilon == top_eps)
         except UserError:
             raise
         except Exception:  # one crashed run must not stop a long sweep; it is retried on the next invocation
