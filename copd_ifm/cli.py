@@ -284,7 +284,7 @@ def cmd_study_shortcut(args: argparse.Namespace) -> int:
         extra["taus"] = parse_list(args.tau, "--tau")
     study = load_study(args.scale, args.config, args.overrides, extra)
     out = run_study(study, args.out or f"outputs/studies/shortcut-{args.scale}", shard=args.shard,
-                    device=args.device)
+                    device=args.device, report_only=args.report_only)
     print(f"shortcut study ({args.scale}): {out / 'summary.md'}, results.csv, shortcut.png, regions.png")
     return 0
 
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="run only every N-th run from the K-th (one process per GPU or core)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    p.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished runs")
     _add_set(p)
     _common(p)
     p.set_defaults(func=cmd_study_shortcut)

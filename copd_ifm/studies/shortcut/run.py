@@ -176,8 +176,9 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
 
 
 def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0, 1),
-              device: str = "auto") -> Path:
-    """Build the cohort, run this shard's unfinished runs, then write the report; returns the study folder."""
+              device: str = "auto", report_only: bool = False) -> Path:
+    """Build the cohort, run this shard's unfinished runs (none when ``report_only``), then write the report
+    from every finished run; returns the study folder."""
     from copd_ifm.studies.shortcut.report import write_report
 
     k, n = shard
@@ -193,7 +194,7 @@ def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0
     targets = study_targets(study, cohort, density.index.intersection(pd.Index(open_store(cohort).sids)))
     top_eps = max([p.epsilon for p in plans if p.method == "ifm"], default=0.0)
     failed = []
-    for plan in tqdm(plans[k::n], desc=f"shortcut study {study.scale}", unit="run"):
+    for plan in tqdm([] if report_only else plans[k::n], desc=f"shortcut study {study.scale}", unit="run"):
         if (out / "runs" / plan.run_id / RESULT_FILE).is_file():
             continue
         log.info("run %s", plan.run_id)
