@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
 
@@ -18,6 +19,7 @@ from copd_ifm.cohort import phenotypes
 from copd_ifm.cohort.synthetic import generate_cohort
 from copd_ifm.contrastive.training import Checkpointer
 from copd_ifm.errors import UserError
+from copd_ifm.studies.shortcut import report
 from copd_ifm.studies.shortcut import run as study_run
 from copd_ifm.studies.shortcut.plan import load_study, plan_runs
 from copd_ifm.studies.shortcut.run import run_study
@@ -177,3 +179,25 @@ def test_interrupted_study_resumes_to_the_same_numbers(finished: Path, tmp_path:
     pd.testing.assert_frame_equal(_numbers(out), _numbers(finished))
     assert math.isfinite(json.loads((out / "runs" / "tau0.2_eps0.5_seed1" / "result.json")
                                     .read_text(encoding="utf-8"))["patch_loss"])
+
+
+def _rows(method: str, values: list[float], epsilon: float = 0.0) -> list[dict]:
+    return [{"method": method, "epsilon": epsilon, "tau": 0.2, "seed": s, "features": "graph", "latent": "airway",
+             "kind": "continuous", "metric": "r2", "value": v} for s, v in enumerate(values)]
+
+
+def test_comparisons_count_only_what_the_seeds_support() -> None:
+    base = [0.30, 0.42, 0.35, 0.38]
+    ifm = [0.41, 0.47, 0.49, 0.46]                        # + 0.11, 0.05, 0.14, 0.08
+    results = pd.DataFrame(_rows("baseline", base) + _rows("ifm", ifm, 0.1)
+                           + _rows("ifm", [b + 0.02 for b in base], 0.5))    # the same +0.02 in every seed
+    table = report.comparisons(results).set_index("epsilon")
+    d = np.subtract(ifm, base)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    assert table.loc[0.1, "p"] == pytest.approx(2 * stats.t.sf(abs(t), len(d) - 1), rel=1e-9)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    assert table.loc[0.1, "ci_low"] == pytest.approx(d.mean() - half)
+    assert table.loc[0.1, "verdict"] == "higher"           # p ≈ 0.01, alone in its Holm family once ε 0.5 is untestable
+    assert math.isnan(table.loc[0.5, "p"]) and table.loc[0.5, "verdict"] == "no detectable difference"
+    one_seed = report.comparisons(pd.DataFrame(_rows("baseline", base[:1]) + _rows("ifm", ifm[:1], 0.1)))
+    assert one_seed["verdict"].tolist() == ["not tested (1 seed)"]

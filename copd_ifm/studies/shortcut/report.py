@@ -134,8 +134,10 @@ def comparisons(results: pd.DataFrame) -> pd.DataFrame:
                          **_paired(i.set_index("seed")["value"], b_seed)})
         u = untrained[(untrained["latent"] == latent)
                       & (untrained["features"] == ("untrained" if features == "graph" else "untrained_patch"))]
-        rows.append({"comparison": "baseline − untrained", "tau": tau, "epsilon": 0.0, "features": features,
-                     "latent": latent, "metric": b["metric"].iloc[0], **_paired(b_seed, u.set_index("seed")["value"])})
+        if len(u):
+            rows.append({"comparison": "baseline − untrained", "tau": tau, "epsilon": 0.0, "features": features,
+                         "latent": latent, "metric": b["metric"].iloc[0],
+                         **_paired(b_seed, u.set_index("seed")["value"])})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -151,7 +153,7 @@ def comparisons(results: pd.DataFrame) -> pd.DataFrame:
 
 def _verdict(row) -> str:
     if row.n < 2:
-        return f"not tested ({row.n} seed)"
+        return f"not tested ({row.n} seed{'s' if row.n != 1 else ''})"
     if not (row.p_holm < ALPHA):
         return "no detectable difference"
     return "higher" if row.delta > 0 else "lower"
