@@ -127,11 +127,10 @@ def parse_list(text: str, flag: str) -> list[float]:
 def load_study(scale: str, path: str | None = None, overrides: list[str] | None = None,
                extra: dict[str, Any] | None = None) -> ShortcutStudy:
     """``configs/studies/shortcut-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
-    if path is None:
-        path = str(STUDY_CONFIG_DIR / f"shortcut-{scale}.yaml")
-    study = cfg_io.load(ShortcutStudy, path, overrides, extra)
+    study = cfg_io.load(ShortcutStudy, path or STUDY_CONFIG_DIR / f"shortcut-{scale}.yaml", overrides, extra)
     if study.scale != scale:
-        raise UserError(f"{path}: describes scale {study.scale!r}, not {scale!r}; pick the matching --scale")
+        raise UserError(f"{path or 'the study config'}: scale is {study.scale!r}, not {scale!r}; "
+                        f"pick the matching --scale or fix its scale field")
     return study
 
 
