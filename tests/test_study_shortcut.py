@@ -159,7 +159,8 @@ def test_finished_study_is_skipped_on_rerun(finished: Path, monkeypatch) -> None
     pd.testing.assert_frame_equal(_numbers(finished), before)
 
 
-def test_interrupted_study_resumes_to_the_same_numbers(finished: Path, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_shard_resumes_to_the_same_numbers(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    """Shard 1/2 (baseline seed 0, untrained seed 1, IFM seed 1), killed in its last run, then rerun."""
     out = tmp_path / "study"
     _copy_cohort(finished, out)
     original = Checkpointer.save
@@ -171,12 +172,16 @@ def test_interrupted_study_resumes_to_the_same_numbers(finished: Path, tmp_path:
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_study(_study(), out, device="cpu")
+        run_study(_study(), out, shard=(1, 2), device="cpu")
     assert Checkpointer(out / "runs" / "tau0.2_eps0.5_seed1").exists()
     assert not (out / "runs" / "tau0.2_eps0.5_seed1" / "result.json").exists()
     monkeypatch.setattr(Checkpointer, "save", original)
-    run_study(_study(), out, device="cpu")
-    pd.testing.assert_frame_equal(_numbers(out), _numbers(finished))
+    run_study(_study(), out, shard=(1, 2), device="cpu")
+    mine = ["tau0.2_eps0_seed0", "untrained_seed1", "tau0.2_eps0.5_seed1"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(mine)
+    expected = _numbers(finished)
+    expected = expected[expected["run_id"].isin(mine) | expected["run_id"].isna()].reset_index(drop=True)
+    pd.testing.assert_frame_equal(_numbers(out), expected)
     assert math.isfinite(json.loads((out / "runs" / "tau0.2_eps0.5_seed1" / "result.json")
                                     .read_text(encoding="utf-8"))["patch_loss"])
 
