@@ -245,7 +245,8 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
              f"{n_landmarks} landmarks of {c.patch_size}³ voxels. Not real CT: what holds here need not hold on "
              f"COPDGene, and the reverse.",
              f"- Runs: {finished} of {len(plans)} finished; seeds {study.seeds}; IFM ε grid "
-             f"{', '.join(f'{e:g}' for e in sorted(set(study.epsilons) - {0.0}))} against the baseline ε = 0; "
+             f"{', '.join(f'{e:g}' for e in sorted(set(study.epsilons) - {0.0})) or 'empty (no IFM runs)'} against "
+             f"the baseline ε = 0; "
              f"pretrain config `{study.pretrain}` with {json.dumps(study.pretrain_overrides)}.",
              *_training_lines(runs),
              f"- Read-out: {study.folds}-fold cross-validation (fold seed {study.fold_seed}), the same folds for every "
