@@ -193,14 +193,16 @@ def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0
     density = densitometry_table(cohort)
     targets = study_targets(study, cohort, density.index.intersection(pd.Index(open_store(cohort).sids)))
     top_eps = max([p.epsilon for p in plans if p.method == "ifm"], default=0.0)
+    map_tau = next(p.tau for p in plans if p.method == "baseline")      # the regional map's τ: the sweep's first
     failed = []
     for plan in tqdm([] if report_only else plans[k::n], desc=f"shortcut study {study.scale}", unit="run"):
         if (out / "runs" / plan.run_id / RESULT_FILE).is_file():
             continue
         log.info("run %s", plan.run_id)
         try:
-            # the regional map shows the untrained encoder, the baseline and the largest ε
-            execute_run(study, plan, cohort, targets, out, device, plan.method != "ifm" or plan.epsilon == top_eps)
+            # the regional map shows the untrained encoder, the baseline and the largest ε (at one τ)
+            regional = plan.method == "untrained" or (plan.tau == map_tau and plan.epsilon in (0.0, top_eps))
+            execute_run(study, plan, cohort, targets, out, device, regional)
         except UserError:
             raise
         except Exception:  # one crashed run must not stop a long sweep; it is retried on the next invocation
