@@ -41,7 +41,7 @@ def per_subject(spacing_mm: float, n: int, root: Path) -> None:
     init_worker(spacing_mm)
     wall, cpu = time.perf_counter(), time.process_time()
     for index in range(n):
-        make_subject((str(out), index, 0, spacing_mm))
+        make_subject((str(out), index, 0, spacing_mm, 1.0))
     wall, cpu = (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
     size = folder_mb(out / "images") / n
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

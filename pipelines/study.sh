@@ -4,8 +4,7 @@
 #   pipelines/study.sh STUDY SCALE [extra `copd-ifm vision study` flags, e.g. --dataset stl-digits --seeds 3]
 #
 # STUDY: difficulty | ifm | correlation;  SCALE: small | paper.
-# One process per GPU (CUDA_VISIBLE_DEVICES=K, --shard K/N); without GPUs one single-threaded process per
-# CPU core (PROCS, default: all cores), which on a small CPU beats one process with many threads.
+# One process per GPU or CPU core (pipelines/shards.sh).
 # Finished runs are skipped, so rerunning the same command resumes an interrupted study.
 # Environment: OUT (study folder; default outputs/studies/STUDY-DATASET-SCALE), BIN (folder holding copd-ifm,
 # default .venv/bin), PROCS.
@@ -14,32 +13,9 @@ study=${1:?usage: pipelines/study.sh STUDY SCALE [flags]}
 scale=${2:?usage: pipelines/study.sh STUDY SCALE [flags]}
 shift 2
 cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
 args=(vision study "$study" --scale "$scale" "$@")
 if [ -n "${OUT:-}" ]; then
     args+=(--out "$OUT")
 fi
 
-gpus=0
-if command -v nvidia-smi >/dev/null 2>&1; then
-    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-fi
-pids=()
-if [ "$gpus" -gt 0 ]; then
-    for ((k = 0; k < gpus; k++)); do
-        CUDA_VISIBLE_DEVICES=$k "$BIN/copd-ifm" "${args[@]}" --shard "$k/$gpus" --device cuda &
-        pids+=($!)
-    done
-else
-    procs=${PROCS:-$(nproc)}
-    for ((k = 0; k < procs; k++)); do
-        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$BIN/copd-ifm" "${args[@]}" --shard "$k/$procs" --device cpu &
-        pids+=($!)
-    done
-fi
-status=0
-for pid in "${pids[@]}"; do
-    wait "$pid" || status=$?
-done
-"$BIN/copd-ifm" "${args[@]}" --report-only
-exit "$status"
+exec pipelines/shards.sh "${args[@]}"

@@ -13,11 +13,11 @@ import sys
 from typing import Sequence
 
 from copd_ifm.cli.args import Parser, common, fmt
-from copd_ifm.cli.ct import add_ct_parsers
+from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
 from copd_ifm.cli.vision import add_vision_parsers
 from copd_ifm.errors import UserError
 
-STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision")
+STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=Parser)
     vsub.required = True
     add_vision_parsers(vsub)
+    p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression)",
+                       formatter_class=fmt)
+    common(p)
+    ssub = p.add_subparsers(dest="study_cmd", metavar="STUDY", parser_class=Parser)
+    ssub.required = True
+    add_study_parsers(ssub)
     return parser
 
 

@@ -37,10 +37,13 @@ class SyntheticSpec:
 
     n: int = 48
     seed: int = 0
+    nuisance: float = 1.0        # scale of the scanner differences between sites (0: none, 1: default table)
 
     def validate(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.nuisance < 0:
+            raise ValueError(f"nuisance must be >= 0, got {self.nuisance}")
 
 
 @dataclass

@@ -19,6 +19,8 @@ from copd_ifm.cohort.config import COPDGENE_OUTCOME_COLUMNS
 #: Scanner/site table: (white-noise standard deviation in HU, reconstruction-kernel
 #: Gaussian sigma in mm). Low-noise smooth kernels to noisy sharp ones.
 SITES: tuple[tuple[float, float], ...] = ((14.0, 1.6), (19.0, 1.3), (24.0, 1.0), (30.0, 0.8))
+#: Default nuisance strength: the site table as it stands.
+DEFAULT_NUISANCE = 1.0
 
 #: Quantile function of the emphysema burden (fraction of lung volume): a quarter of
 #: smokers with none, a long tail to advanced destruction (DESIGN.md §6: mean %LAA-950
@@ -44,7 +46,8 @@ class SubjectLatents:
     ``emphysema`` is the fraction of lung volume to destroy (0..0.45), ``cle_share`` the
     part of it that is centrilobular (the rest is para-septal bullae), ``airway`` the
     airway-disease factor in [0, 1] (wall thickness), ``site`` an index into
-    :data:`SITES`, ``body_size`` a z-score scaling lungs and the subcutaneous fat.
+    :data:`SITES`, ``body_size`` a z-score scaling lungs and the subcutaneous fat,
+    ``nuisance`` the cohort's nuisance strength (see :func:`site_scanner`).
     """
 
     emphysema: float
@@ -52,6 +55,7 @@ class SubjectLatents:
     airway: float
     site: int
     body_size: float
+    nuisance: float = DEFAULT_NUISANCE
 
     @property
     def cle_target(self) -> float:
@@ -65,22 +69,50 @@ class SubjectLatents:
 
     @property
     def noise_sd_hu(self) -> float:
-        return SITES[self.site][0]
+        return site_scanner(self.site, self.nuisance)[0]
 
     @property
     def kernel_sigma_mm(self) -> float:
-        return SITES[self.site][1]
+        return site_scanner(self.site, self.nuisance)[1]
 
 
-def sample_latents(rng: np.random.Generator) -> SubjectLatents:
-    """Draw one subject's latents (independent across subjects; site independent of all else)."""
+def site_scanner(site: int, nuisance: float = DEFAULT_NUISANCE) -> tuple[float, float]:
+    """(noise sd in HU, kernel sigma in mm) of ``site`` at nuisance strength ``nuisance``.
+
+    The spread of the sites around their mean is scaled by ``nuisance``: 0 makes
+    every site the same scanner (no shortcut), 1 is :data:`SITES` exactly, 2 doubles
+    the differences. Written as ``x + (s − 1)(x − mean)`` so that s = 1 returns the
+    table's values bit for bit (existing cohorts stay byte-identical).
+    """
+    table = np.asarray(SITES)
+    mean = table.mean(0)
+    noise, kernel = (float(x + (nuisance - 1.0) * (x - m)) for x, m in zip(table[site], mean))
+    return noise, kernel
+
+
+def check_nuisance(nuisance: float) -> None:
+    """Raise ValueError unless every site keeps a positive noise sd and kernel width at ``nuisance``."""
+    if nuisance < 0:
+        raise ValueError(f"nuisance must be >= 0, got {nuisance}")
+    worst = min(min(site_scanner(i, nuisance)) for i in range(len(SITES)))
+    if worst <= 0:
+        raise ValueError(f"nuisance {nuisance} gives a site a non-positive noise sd or kernel width "
+                         f"({worst:.3g}); use a smaller nuisance")
+
+
+def sample_latents(rng: np.random.Generator, nuisance: float = DEFAULT_NUISANCE) -> SubjectLatents:
+    """Draw one subject's latents (independent across subjects; site independent of all else).
+
+    ``nuisance`` scales the scanner differences between sites (:func:`site_scanner`); it
+    draws no random numbers, so the same seed gives the same latents at every strength.
+    """
     emphysema = float(np.interp(rng.random(), _BURDEN_U, _BURDEN_E))
     # About half of the subjects with emphysema also have some para-septal bullae.
     cle_share = 1.0 if rng.random() < 0.5 else float(rng.uniform(0.8, 0.98))
     airway = float(rng.random())
     site = int(rng.integers(len(SITES)))
     body_size = float(np.clip(rng.standard_normal(), -2.5, 2.5))
-    return SubjectLatents(emphysema, cle_share, airway, site, body_size)
+    return SubjectLatents(emphysema, cle_share, airway, site, body_size, nuisance)
 
 
 def gold_stage(fev1pp: float, fev1_fvc: float) -> int:

@@ -50,16 +50,20 @@ _PROBE_PREFIX = ".write-test"
 _OWN_FILES = {PARAMS_FILE, PARTIAL_DIR, _LOCK_FILE, f"{_LOCK_FILE}.owner"}
 
 
-def _params(n: int, seed: int, spacing_mm: float) -> dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "spacing_mm": float(spacing_mm)}
+def _params(n: int, seed: int, spacing_mm: float, nuisance: float) -> dict[str, Any]:
+    params = {"generator_version": GENERATOR_VERSION, "n": n, "seed": seed, "spacing_mm": float(spacing_mm)}
+    if nuisance != phenotypes.DEFAULT_NUISANCE:     # absent at the default: existing cohorts keep matching
+        params["nuisance"] = float(nuisance)
+    return params
 
 
 def _describe(params: dict[str, Any]) -> str:
     return (f"n={params.get('n')}, seed={params.get('seed')}, spacing={params.get('spacing_mm')} mm, "
+            f"nuisance {params.get('nuisance', phenotypes.DEFAULT_NUISANCE)}, "
             f"generator v{params.get('generator_version')}")
 
 
-def _validate(n: int, seed: int, spacing_mm: float, workers: int) -> None:
+def _validate(n: int, seed: int, spacing_mm: float, workers: int, nuisance: float) -> None:
     if n < 1:
         raise UserError(f"n={n}: a cohort needs at least one subject (give --n 1 or more)")
     if seed < 0:
@@ -69,6 +73,10 @@ def _validate(n: int, seed: int, spacing_mm: float, workers: int) -> None:
                         f"{MAX_SPACING_MM} mm (2 for the demo, 1 like COPDGene)")
     if workers < 1:
         raise UserError(f"workers={workers}: need at least 1 worker process")
+    try:
+        phenotypes.check_nuisance(nuisance)
+    except ValueError as exc:
+        raise UserError(f"synthetic cohort: {exc} (1 is the default site table, 0 removes the site effect)") from exc
 
 
 def _read_params(out: Path) -> dict[str, Any] | None:
@@ -91,7 +99,7 @@ def _check_folder(out: Path, params: dict[str, Any]) -> bool:
             raise UserError(f"{out} is not empty ({', '.join(others[:3])}{', …' if len(others) > 3 else ''}) "
                             f"and holds no synthetic cohort: choose a new or empty folder")
         return False
-    existing_params = {k: existing.get(k) for k in params}
+    existing_params = {k: existing.get(k) for k in params.keys() | existing.keys() if k != "complete"}
     if existing_params != params:
         raise UserError(f"{out} holds a different synthetic cohort ({_describe(existing)}) than asked for "
                         f"({_describe(params)}): choose another folder or delete that one")
@@ -110,7 +118,7 @@ def _prepare(out: Path) -> None:
                         f"choose a writable folder") from exc
 
 
-def _run(tasks: list[tuple[str, int, int, float]], workers: int, spacing_mm: float) -> list[dict[str, Any]]:
+def _run(tasks: list[tuple[str, int, int, float, float]], workers: int, spacing_mm: float) -> list[dict[str, Any]]:
     """Generate subjects in ``workers`` processes (in this process when 1) with a progress bar."""
     bar = tqdm(total=len(tasks), desc="synth", unit="subject", leave=False)
     rows = []
@@ -148,16 +156,18 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(out / MANIFEST_FILE, table[MANIFEST_COLUMNS].to_csv(index=False))
 
 
-def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2.0, workers: int = 2) -> Path:
+def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2.0, workers: int = 2,
+                    nuisance: float = phenotypes.DEFAULT_NUISANCE) -> Path:
     """Generate (or reuse) the synthetic cohort ``n``/``seed``/``spacing_mm`` in ``out``; return its manifest.
 
-    An existing complete cohort with the same parameters is reused; an unfinished one
+    ``nuisance`` scales the scanner differences between sites (0: none, 1: the
+    default table, 2: doubled; :func:`copd_ifm.cohort.phenotypes.site_scanner`). An existing complete cohort with the same parameters is reused; an unfinished one
     resumes; a folder holding anything else is a :class:`UserError`. Files are
     written atomically; subjects are generated in ``workers`` processes.
     """
-    _validate(n, seed, spacing_mm, workers)
+    _validate(n, seed, spacing_mm, workers, nuisance)
     out = Path(out).expanduser().absolute()
-    params = _params(n, seed, spacing_mm)
+    params = _params(n, seed, spacing_mm, nuisance)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file: give a folder for the cohort")
     if out.is_dir() and _check_folder(out, params):
@@ -179,7 +189,7 @@ def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2
                 done[index] = json.loads(row_file.read_text(encoding="utf-8"))
         if done:
             log.info("resuming the synthetic cohort in %s: %d of %d subjects already written", out, len(done), n)
-        tasks = [(str(out), i, seed, float(spacing_mm)) for i in range(n) if i not in done]
+        tasks = [(str(out), i, seed, float(spacing_mm), float(nuisance)) for i in range(n) if i not in done]
         rows = list(done.values()) + _run(tasks, workers, spacing_mm)
         _write_tables(out, rows)
         atomic_write_text(out / PARAMS_FILE, json.dumps({**params, "complete": True}, indent=1))
@@ -212,4 +222,4 @@ def ensure_cohort(cohort: CohortConfig) -> Path:
                  "(%d subjects, %.1f mm; about a minute), later runs reuse it",
                  cohort.name, manifest.parent, spec.n, cohort.spacing_mm)
     return generate_cohort(manifest.parent, n=spec.n, seed=spec.seed, spacing_mm=cohort.spacing_mm,
-                           workers=max(1, min(4, os.cpu_count() or 1)))
+                           workers=max(1, min(4, os.cpu_count() or 1)), nuisance=spec.nuisance)

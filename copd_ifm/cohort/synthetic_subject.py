@@ -46,18 +46,19 @@ def _write_image(image: sitk.Image, path: Path) -> None:
     atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
 
 
-def make_subject(task: tuple[str, int, int, float]) -> dict[str, Any]:
-    """Subject ``index`` of cohort ``(out, index, seed, spacing_mm)``: write its image and mask.
+def make_subject(task: tuple[str, int, int, float, float]) -> dict[str, Any]:
+    """Subject ``index`` of cohort ``(out, index, seed, spacing_mm, nuisance)``: write its image and mask.
 
-    Draws from ``SeedSequence([seed, index])``. Returns the subject's manifest fields
-    (``sid``, ``image``, ``lung_mask``, outcome columns) and ground-truth fields, also
-    saved as ``<out>/.partial/<sid>.json``.
+    Draws from ``SeedSequence([seed, index])``; ``nuisance`` scales the scanner differences
+    between sites (:func:`copd_ifm.cohort.phenotypes.site_scanner`). Returns the subject's
+    manifest fields (``sid``, ``image``, ``lung_mask``, outcome columns) and ground-truth
+    fields, also saved as ``<out>/.partial/<sid>.json``.
     """
-    out_text, index, seed, spacing_mm = task
+    out_text, index, seed, spacing_mm, nuisance = task
     out = Path(out_text)
     sid = subject_id(index)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    latents = phenotypes.sample_latents(rng)
+    latents = phenotypes.sample_latents(rng, nuisance)
     rendered = render_subject(latents, load_atlas_mask(spacing_mm), rng)
     _write_image(rendered.image, out / "images" / f"{sid}.nii.gz")
     _write_image(rendered.mask, out / "masks" / f"{sid}.nii.gz")
@@ -72,8 +73,8 @@ def make_subject(task: tuple[str, int, int, float]) -> dict[str, Any]:
         "cle_share": round(latents.cle_share, 5),
         "airway": round(latents.airway, 5),
         "site": latents.site,
-        "noise_sd_hu": latents.noise_sd_hu,
-        "kernel_sigma_mm": latents.kernel_sigma_mm,
+        "noise_sd_hu": round(latents.noise_sd_hu, 4),
+        "kernel_sigma_mm": round(latents.kernel_sigma_mm, 4),
         "body_size": round(latents.body_size, 5),
         "lung_volume_l": round(rendered.lung_volume_l, 4),
         "cle_fraction": round(rendered.cle_fraction, 5),

@@ -7,6 +7,10 @@ no augmentation:
 * ``graph_f*``: the mean over landmarks of the GCN node embeddings (the
   anchor's subject feature: node embeddings, not the pooled projection), on the
   run's context graph (the lattice, or with ``graph: subject`` each subject's own).
+
+Optionally the per-landmark node embeddings themselves (``nodes_out``): a
+float16 ``.npy`` of shape ``[n_subjects, L, F]`` in the table's subject order,
+for regional read-outs.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from copd_ifm import config as cfg_io
+from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.data import SubjectDataset, loader
 from copd_ifm.context.train import load_trained, open_store
@@ -27,8 +32,11 @@ from copd_ifm.evaluation.features import FEATURES_FILE, write_features
 
 
 def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, out: str | Path | None = None,
-                     device: str = "auto", workers: int = 2) -> Path:
-    """Embed every subject of ``cohort`` (default: the run's) → features table; returns its path."""
+                     device: str = "auto", workers: int = 2, nodes_out: str | Path | None = None) -> Path:
+    """Embed every subject of ``cohort`` (default: the run's) → features table; returns its path.
+
+    ``nodes_out``: also save the node embeddings ``[n_subjects, L, F]`` (float16 ``.npy``) there.
+    """
     run_dir = Path(run_dir)
     dev = init_from_env(device).device
     model, run_cohort, cfg = load_trained(run_dir, dev)
@@ -43,7 +51,7 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
     if not torch.allclose(coords, model.landmark_coords, atol=1e-5):
         raise UserError(f"{cohort.store_path}: landmark grid differs from the run's; preprocess with the same "
                         f"landmark_step_mm and atlas as cohort {run_cohort.name!r}")
-    rows = []
+    rows, node_rows = [], []
     with torch.no_grad():
         for sid, patches in zip(store.sids, tqdm(loader(SubjectDataset(store), workers, batch_size=1),
                                                  total=len(store.sids), desc="extract", unit="subject")):
@@ -51,10 +59,14 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
             edges = store.subject_graph(sid).to(dev) if cfg.graph == "subject" else model.edge_index
             nodes = model.graph_encoder.node_embeddings(feats, edges)               # [L, F]
             rows.append(np.concatenate([nodes.mean(0).cpu().numpy(), feats.mean(0).cpu().numpy()]))
+            if nodes_out is not None:
+                node_rows.append(nodes.cpu().numpy().astype(np.float16))
     dim = model.graph_encoder.feat_dim
     columns = [f"graph_f{i}" for i in range(dim)] + [f"patch_f{i}" for i in range(model.patch_encoder.feat_dim)]
     table = pd.DataFrame(np.stack(rows), columns=columns)
     table.insert(0, "sid", store.sids)
+    if nodes_out is not None:
+        files.save_npy(nodes_out, np.stack(node_rows))
     out = Path(out) if out else run_dir / FEATURES_FILE
     meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
             "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}

@@ -9,7 +9,6 @@ counts as improved (or worse) only when that interval excludes zero.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from copd_ifm import files
+from copd_ifm.stats import paired_difference
 from natural_images import study_plots
 from natural_images.studies.config import StudyConfig, data_size
 from natural_images.studies.plan import fmt, plan_runs
@@ -166,21 +166,6 @@ def _verdict(near_chance: bool | None, above: list[str], features: list[str], no
                 "training has improved.")
     tail = f"; {', '.join(rest)} is not read out better than from the untrained encoder, so comparisons on it say nothing" if rest else ""
     return f"**Verdict:** training moved {', '.join(above)} above the untrained encoder{tail}."
-
-
-def paired_difference(ifm: pd.Series, base: pd.Series) -> dict[str, float]:
-    """IFM − baseline over the seeds both have (series indexed by seed): n, mean, 95 % t CI and p (paired t)."""
-    d = (ifm - base).dropna()
-    n, mean = len(d), float(d.mean()) if len(d) else float("nan")
-    if n < 2:
-        return {"n": n, "mean": mean, "low": float("nan"), "high": float("nan"), "p": float("nan")}
-    sd = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    if sd > 0:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    else:
-        p = 1.0 if mean == 0 else 0.0
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half, "p": p}
 
 
 def _ifm_summary(table: pd.DataFrame, features: list[str], dataset: str) -> list[str]:

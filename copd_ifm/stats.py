@@ -1,0 +1,31 @@
+"""Paired comparisons over seeds, shared by every study report (part of the floor: numpy, scipy, pandas only)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """``a − b`` over the seeds both have (series indexed by seed).
+
+    Returns ``n``, the means ``a`` and ``b``, the mean difference ``mean``, its
+    sd, the 95 % t interval ``low``/``high`` and the paired t-test ``p`` (all NaN
+    below 2 pairs). The same difference in every seed (sd 0 up to rounding, common
+    for accuracies counted in whole subjects) leaves nothing to test: ``p`` is 1
+    when that difference is 0 and NaN otherwise, so it never counts as a win.
+    """
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    diff = both["a"] - both["b"]
+    n, mean = len(diff), float(diff.mean()) if len(diff) else math.nan
+    out = {"n": n, "a": float(both["a"].mean()) if n else math.nan, "b": float(both["b"].mean()) if n else math.nan,
+           "mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan, "p": math.nan}
+    if n < 2:
+        return out
+    sd = float(diff.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    degenerate = sd <= 1e-9 * max(1.0, abs(mean))
+    p = (1.0 if abs(mean) <= 1e-12 else math.nan) if degenerate else float(stats.ttest_rel(both["a"], both["b"]).pvalue)
+    out.update(sd=sd, low=mean - half, high=mean + half, p=p)
+    return out

@@ -1,0 +1,1 @@
+"""Studies built on the CT pipeline's stages (synth → preprocess → pretrain → extract → read-out)."""
