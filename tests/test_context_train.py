@@ -133,7 +133,6 @@ def test_resume_uses_the_saved_config_and_refuses_drift(tiny_cohort, tmp_path, c
 
 
 def test_checkpoint_with_code_is_refused_and_runs_nothing(tiny_cohort, tmp_path):
-    import pickle
     import torch
 
     run = pretrain(tiny_cohort, _cfg(tiny_cohort, extra=["schedule.epochs=1"]), tmp_path / "run")
@@ -143,7 +142,7 @@ def test_checkpoint_with_code_is_refused_and_runs_nothing(tiny_cohort, tmp_path)
         def __reduce__(self):
             return (Path.touch, (marker,))
 
-    torch.save({"model": Payload()}, run / "checkpoint.pt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    torch.save({"model": Payload()}, run / "checkpoint.pt")
     with pytest.raises(UserError, match="refused"):
         Checkpointer(run).load()
     with pytest.raises(UserError, match="refused"):
