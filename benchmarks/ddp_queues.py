@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--landmarks", type=int, default=8, help="landmarks in the timed patch epoch")
     ap.add_argument("--depths", type=int, nargs=2, default=[64, 4096], help="shallow and deep queue sizes")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of one run per depth (the machine's load drifts; medians over rounds are kept)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
@@ -77,13 +80,19 @@ def main() -> None:
             fake_root = Path(tmp) / "fake"
             fake_store(fake_root, 48, spacing_mm=2.0, patch_size=16)
         store = "fake store (48 subjects, 16³ at 2 mm)" if fake_root else "demo store"
-        rates = {d: run(d, args.landmarks, fake_root, Path(tmp) / f"q{d}")["patches_per_s"] for d in args.depths}
+        runs: dict[int, list[float]] = {d: [] for d in args.depths}
+        for i in range(args.repeats):
+            for d in args.depths:
+                runs[d].append(run(d, args.landmarks, fake_root, Path(tmp) / f"q{d}-{i}")["patches_per_s"])
     shallow, deep = args.depths
+    rates = {d: statistics.median(r) for d, r in runs.items()}
+    ratio = statistics.median(b / a for a, b in zip(runs[shallow], runs[deep]))
     print(f"\n{PROCESSES} processes (torchrun, gloo, CPU, 1 thread each), {store}, patch level, "
-          f"{args.landmarks} landmarks, demo model:\n")
-    print(f"| queues {shallow} deep | queues {deep} deep | ratio deep / shallow (goal ≥ 0.9) |")
+          f"{args.landmarks} landmarks, demo model, median of {args.repeats} rounds "
+          f"({', '.join(f'{d}: ' + ' / '.join(f'{x:.0f}' for x in r) for d, r in runs.items())} patches/s):\n")
+    print(f"| queues {shallow} deep | queues {deep} deep | ratio deep / shallow, median over rounds (goal ≥ 0.9) |")
     print("|---|---|---|")
-    print(f"| {rates[shallow]:.0f} patches/s | {rates[deep]:.0f} patches/s | {rates[deep] / rates[shallow]:.2f} |")
+    print(f"| {rates[shallow]:.0f} patches/s | {rates[deep]:.0f} patches/s | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -132,15 +132,15 @@ def main() -> None:
         "",
         "| measurement | value | goal |",
         "|---|---|---|",
-        f"| CT patch level, batch {s['patch_batch']} ({s['patch_steps']} steps) | {rates['patches_per_s']:.0f} "
+        f"| CT patch level, batch {s['patch_batch']} ({s['patch_steps']} steps) | {rates['patches_per_s']:.3g} "
         f"patches/s | |",
         f"| CT patch level data wait | {rates['patch_data_wait']:.1%} | ≤ 10 % |",
         f"| CT IFM / baseline patch step time (ε 0.1 vs 0, interleaved, {s['ratio_steps']} each) | "
         f"{ifm / base:.3f} ({ifm * 1e3:.1f} / {base * 1e3:.1f} ms) | ≤ 1.02 |",
         f"| CT graph level, batch {s['graph_batch']} × {n_lm} landmarks, views re-encoded ({s['graph_steps']} steps) "
-        f"| {rates['subjects_per_s']:.2f} subjects/s | |",
+        f"| {rates['subjects_per_s']:.3g} subjects/s | |",
         f"| vision SimCLR ResNet-18 32 px, batch {s['vision_batch']} ({s['vision_steps']} steps) | "
-        f"{s['vision_batch'] / vision_base:.0f} images/s | ≥ 10 000 (H100-class) |",
+        f"{s['vision_batch'] / vision_base:.3g} images/s | ≥ 10 000 (H100-class) |",
         f"| projected full COPDGene run on this device (scale.projected_hours) | {hours:.0f} h | |",
     ])
     print(table)

@@ -17,8 +17,9 @@ data-loading worker:
   subjects (default 100 at every size, through a store view that links the
   patch files: all 10 000 take over an hour on 2 shared cores; extraction
   streams one subject at a time and keeps 256 floats per subject);
-* evaluate: ``evaluate`` of the extracted features and of an n × 256 feature
-  table on logFEV1pp and CLE, 5 folds, densitometry read from the store.
+* evaluate: ``evaluate`` of an n × 256 feature table (128 graph + 128 patch
+  features of every subject) and of the store's densitometry on logFEV1pp and
+  CLE, 5 folds, report and plots.
 
 Memory must stay flat in the number of subjects: patches are memory-mapped.
 Also prints the projected wall time of a full COPDGene run per GPU (formula
@@ -168,7 +169,8 @@ def stage(name: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, 
         extract_features(run_dir, cohort, device="cpu", workers=2)
         out["subjects"] = min(n, args.extract_max)
     else:
-        evaluate(cohort, [str(run_dir), str(root / "run")], ["logFEV1pp", "CLE"], folds=5, out=root / "report")
+        # The n × 256 table of every subject: the extracted run covers only the extract subset.
+        evaluate(cohort, [str(root / "run")], ["logFEV1pp", "CLE"], folds=5, out=root / "report")
     out["seconds"] = time.perf_counter() - start
     out["rss_mb"], out["worker_rss_mb"] = peak_rss_mb()
     return out
