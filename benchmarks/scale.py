@@ -6,8 +6,8 @@ graph, ``files.save_npy`` for patches and centres, ``write_record`` and
 ``merge_records`` for the index), with random int16 HU patches of 8 voxels at
 4 mm (the anchor's 32 mm cube on the real 26 mm landmark lattice, which keeps
 747 cubes at that resolution). Each measured stage runs in its own process,
-which reports its peak resident memory (``ru_maxrss``) and that of its largest
-data-loading worker:
+which reports its peak resident memory (``VmHWM``) and the peak summed PSS of
+it and its data-loading workers (with ``psutil``, when installed):
 
 * pretrain: the real ``copd_ifm.context.train.pretrain`` (one epoch, tiny
   model, 256-deep queues) with every patch epoch cut to its first
@@ -32,11 +32,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,25 +135,72 @@ def projected_hours(patches_per_s: float, subjects_per_s: float, landmarks_measu
     return run["epochs"] * run["subjects"] * run["landmarks"] * (t_p + run["graph_subepochs"] * t_g) / 3600
 
 
-def peak_rss_mb() -> tuple[float, float]:
-    """Peak resident memory (MiB) of this process and of its largest finished child (Linux: ru_maxrss in KiB)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+def peak_rss_mb() -> float:
+    """Peak resident memory (MiB) of this process since it started: ``VmHWM`` (Linux), which unlike
+    ``ru_maxrss`` does not carry over the size of the parent that forked it."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class TreePss:
+    """Peak summed proportional set size (MiB) of this process and its children (loader workers), sampled
+    every ``every_s`` seconds in a thread; shared pages are split between the processes that map them, so
+    the sum is the memory the stage really holds. NaN without ``psutil`` (not a dependency)."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s, self.peak = every_s, float("nan")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while not self._stop.wait(self.every_s):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak = total / 2**20 if math.isnan(self.peak) else max(self.peak, total / 2**20)
+
+    def __enter__(self) -> "TreePss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def stage(name: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one measured stage in this process; returns its figures (peak memory last, so it covers the stage)."""
+    """Run one measured stage in this process; returns its figures, peak memory and seconds included."""
     import torch
 
+    torch.set_num_threads(args.threads)
+    cohort = fake_cohort(root, n)
+    start = time.perf_counter()
+    out: dict[str, Any] = {}
+    with TreePss() as tree:
+        run_stage(name, cohort, root, n, args, out)
+    out["seconds"] = time.perf_counter() - start
+    out["rss_mb"], out["tree_pss_mb"] = peak_rss_mb(), tree.peak
+    return out
+
+
+def run_stage(name: str, cohort: CohortConfig, root: Path, n: int, args: argparse.Namespace,
+              out: dict[str, Any]) -> None:
+    """The work of :func:`stage`; its figures go into ``out``."""
     from copd_ifm.context.train import pretrain, resolve_pretrain_config
     from copd_ifm.evaluation.evaluate import evaluate
     from copd_ifm.evaluation.extract import extract_features
 
-    torch.set_num_threads(args.threads)
-    cohort = fake_cohort(root, n)
     run_dir = root / "pretrain"
-    start = time.perf_counter()
-    out: dict[str, Any] = {}
     if name == "pretrain":
         cfg = resolve_pretrain_config("ifm", cohort, overrides={
             "device": "cpu", "schedule.epochs": 1, "schedule.graph_subepochs": 1, "schedule.landmarks_per_epoch": 1,
@@ -171,9 +219,6 @@ def stage(name: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, 
     else:
         # The n × 256 table of every subject: the extracted run covers only the extract subset.
         evaluate(cohort, [str(root / "run")], ["logFEV1pp", "CLE"], folds=5, out=root / "report")
-    out["seconds"] = time.perf_counter() - start
-    out["rss_mb"], out["worker_rss_mb"] = peak_rss_mb()
-    return out
 
 
 def measure(name: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -223,16 +268,17 @@ def print_table(rows: list[tuple[int, int, float, float, dict[str, Any]]], args:
     print(f"\nFake stores: {PATCH}³ int16 patches at {SPACING_MM:g} mm, {rows[0][1]} landmarks; pretrain slice "
           f"{args.patch_steps} patch steps (batch 128, capped at n) + {args.graph_steps} graph steps (16 subjects, "
           f"graph views: patch), model channels 4-8-16, queues 256; {args.threads} torch threads per stage. "
-          "Peak RSS: main process / largest loader worker.\n")
-    print("| subjects | store (GB) | write (s) | pretrain peak RSS (MiB) | patches/s | data wait | subjects/s "
-          "| extract subjects | extract peak RSS (MiB) | extract subjects/s | evaluate peak RSS (MiB) | evaluate (s) |")
+          "Peak memory: RSS of the stage's main process (VmHWM) / summed PSS of it and its loader workers "
+          "(sampled every 0.5 s).\n")
+    print("| subjects | store (GB) | write (s) | pretrain peak RSS / PSS (MiB) | patches/s | data wait | subjects/s "
+          "| extract subjects | extract peak RSS / PSS (MiB) | extract subjects/s | evaluate peak RSS / PSS (MiB) | evaluate (s) |")
     print("|" + "---|" * 12)
     for n, _, size_gb, build_s, r in rows:
         p, x, e = r["pretrain"], r["extract"], r["evaluate"]
-        print(f"| {n} | {size_gb:.2f} | {build_s:.0f} | {p['rss_mb']:.0f} / {p['worker_rss_mb']:.0f} "
+        print(f"| {n} | {size_gb:.2f} | {build_s:.0f} | {p['rss_mb']:.0f} / {p['tree_pss_mb']:.0f} "
               f"| {p['patches_per_s']:.0f} | {p['data_wait']:.0%} | {p['subjects_per_s']:.2f} | {x['subjects']} "
-              f"| {x['rss_mb']:.0f} / {x['worker_rss_mb']:.0f} | {x['subjects'] / x['seconds']:.1f} "
-              f"| {e['rss_mb']:.0f} | {e['seconds']:.0f} |")
+              f"| {x['rss_mb']:.0f} / {x['tree_pss_mb']:.0f} | {x['subjects'] / x['seconds']:.1f} "
+              f"| {e['rss_mb']:.0f} / {e['tree_pss_mb']:.0f} | {e['seconds']:.0f} |")
     n, n_lm, _, _, r = rows[-1]
     p = r["pretrain"]
     run = COPDGENE
