@@ -74,11 +74,11 @@ def _interleaved(variants: dict[Any, tuple[torch.nn.Module, Any, Any, Contrastiv
     return {key: statistics.median(t) for key, t in times.items()}
 
 
-def bench_method(method: str, device: torch.device, batch: int, steps: int) -> tuple[float, float]:
+def bench_method(method: str, device: torch.device, batch: int, steps: int, warmup: int = 2) -> tuple[float, float]:
     """Median step time (s) with ε = 0 and with ε = 0.1, on one model, steps interleaved."""
     model, optimizer, scaler = _setup(method, device)
     times = _interleaved({eps: (model, optimizer, scaler, ContrastiveLoss(0.5, eps)) for eps in (0.0, 0.1)},
-                         device, batch, steps)
+                         device, batch, steps, warmup=warmup)
     return times[0.0], times[0.1]
 
 
