@@ -17,23 +17,16 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-outputs/adco-ifm-$(basename "$config" .yaml)}
 device=${DEVICE:-auto}
-launch=("$BIN/copd-ifm")
 if [ "${NPROC:-1}" -gt 1 ]; then
-    launch=("$BIN/torchrun" --standalone --nproc_per_node "$NPROC" -m copd_ifm)
+    export LAUNCH="$BIN/torchrun --standalone --nproc_per_node $NPROC -m copd_ifm"
 fi
 runs=()
 for method in ${METHODS:-moco adco}; do
     for eps in ${EPS:-0 0.05 0.1 0.2}; do
         run="$OUT/${method}_eps$eps"
         runs+=("$run")
-        if [ -f "$run/checkpoint.pt" ]; then
-            if ! grep -q '"status": "done"' "$run/summary.json" 2>/dev/null; then
-                "${launch[@]}" vision pretrain --resume --out "$run" --device "$device"
-            fi
-        else
-            "${launch[@]}" vision pretrain --config "$config" --method "$method" --ifm-eps "$eps" --out "$run" \
-                --device "$device" "$@"
-        fi
+        BIN=$BIN DEVICE=$device pipelines/pretrain_once.sh "$run" --config "$config" --method "$method" \
+            --ifm-eps "$eps" "$@"
         [ -f "$run/linear.json" ] || "$BIN/copd-ifm" vision linear --run "$run" --device "$device"
     done
 done

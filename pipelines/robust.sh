@@ -20,14 +20,7 @@ runs=()
 for eps in 0 "${EPS:-0.1}"; do
     run="$OUT/simclr_eps$eps"
     runs+=("$run")
-    if [ -f "$run/checkpoint.pt" ]; then
-        if ! grep -q '"status": "done"' "$run/summary.json" 2>/dev/null; then
-            "$BIN/copd-ifm" vision pretrain --resume --out "$run" --device "$device"
-        fi
-    else
-        "$BIN/copd-ifm" vision pretrain --config "$config" --method simclr --ifm-eps "$eps" --out "$run" \
-            --device "$device" "$@"
-    fi
+    BIN=$BIN DEVICE=$device pipelines/pretrain_once.sh "$run" --config "$config" --method simclr --ifm-eps "$eps" "$@"
     "$BIN/copd-ifm" vision robust --run "$run" --fgsm-eps "${FGSM_EPS:-0.01}" --max-steps "${MAX_STEPS:-20}" \
         --device "$device"
 done
