@@ -42,6 +42,8 @@ class ContextModel(nn.Module):
         n_landmarks = landmark_coords.shape[0]
         self.register_buffer("landmark_coords", landmark_coords.float())
         self.register_buffer("edge_index", edge_index.long())
+        # The lattice as a dense [L, L] mask, built once (not saved: it is derived from edge_index).
+        self.register_buffer("lattice", dense_adjacency(self.edge_index, n_landmarks), persistent=False)
         patch = patch_module(m)
         self.patch = MoCo(patch, patch.out_dim, m.embed_dim, moco.patch_queue, moco.momentum, m.mlp_head,
                           num_queues=n_landmarks if moco.per_landmark_queue else 1)
@@ -89,5 +91,5 @@ class ContextModel(nn.Module):
         ``([G, L, F], [G, L, L] bool)``; ``adjacency`` ``[G, L, L]`` per subject, default the lattice for all."""
         x = node_feats.view(n_graphs, self.n_landmarks, -1)
         if adjacency is None:
-            adjacency = dense_adjacency(self.edge_index, self.n_landmarks).expand(n_graphs, -1, -1).contiguous()
+            adjacency = self.lattice.expand(n_graphs, -1, -1).contiguous()
         return x, adjacency.to(x.device)
