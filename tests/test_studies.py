@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy import stats
 
 from copd_ifm import config as cfg
 from copd_ifm.cli import main
@@ -197,8 +198,9 @@ def test_paired_difference_interval_and_p_by_hand():
     assert one["n"] == 1 and math.isnan(one["low"])
 
 
-def _ifm_rows(study, effects, seeds_noise, control_acc=None):
-    """Result rows for every planned run: accuracy = 50 + effect·[ε > 0] + noise(seed), chance columns included."""
+def _ifm_rows(study, effects, seeds_noise, ifm_noise=(0.0, 0.0, 0.0)):
+    """Result rows for every planned run: accuracy = 50 + (effect + ifm_noise(seed))·[ε > 0] + noise(seed),
+    chance columns included."""
     rows = []
     for p in st.plan_runs(study):
         v = dict(p.values)
@@ -206,32 +208,62 @@ def _ifm_rows(study, effects, seeds_noise, control_acc=None):
                "hcl_beta": 0.0, "final_loss": 3.0, "chance_loss": math.log(255), "loss_pairs": 128,
                "train_images": 1000, "arch": "resnet18", "width": 0.25, "stem": "cifar", "epochs": 30}
         for f, effect in effects.items():
-            row[f"acc_{f}"] = 50 + (effect if v["loss.epsilon"] > 0 else 0) + seeds_noise[v["seed"]]
+            row[f"acc_{f}"] = (50 + (effect + ifm_noise[v["seed"]] if v["loss.epsilon"] > 0 else 0)
+                               + seeds_noise[v["seed"]])
             row[f"chance_{f}"] = 10.0
         rows.append(row)
     return rows
 
 
+def _write_controls(out, color, shape, texture):
+    for seed, (c, s, t) in enumerate(zip(color, shape, texture)):
+        path = out / "runs" / f"untrained_seed{seed}" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"run_id": path.parent.name, "seed": seed, "final_loss": 5.5, "acc_color": c,
+                                    "acc_shape": s, "acc_texture": t}), encoding="utf-8")
+
+
 def test_ifm_report_counts_only_cells_whose_interval_excludes_zero(tmp_path):
     study = st.load_study_config("ifm", "small", extra={"seeds": 3})
-    _write_results(tmp_path, study, _ifm_rows(study, {"color": 5.0, "shape": 0.0, "texture": -3.0}, [0, 1, -1]))
-    for seed, acc in enumerate([20.0, 21.0, 19.0]):
-        path = tmp_path / "runs" / f"untrained_seed{seed}" / "result.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"run_id": path.parent.name, "seed": seed, "final_loss": 5.5, "acc_color": 40.0,
-                                    "acc_shape": acc, "acc_texture": acc}), encoding="utf-8")
+    _write_results(tmp_path, study, _ifm_rows(study, {"color": 5.0, "shape": 0.0, "texture": -3.0}, [0, 1, -1],
+                                              ifm_noise=[0.2, -0.1, -0.1]))
+    _write_controls(tmp_path, [40.0] * 3, [20.0, 22.0, 19.0], [20.0, 22.0, 19.0])
     st.aggregate(study, tmp_path)
     text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert text.index("## Scale and limits") < text.index("Paper (Fig. 6")
     assert "width 0.25, cifar stem, 32-px images, 1000 training images" in text
     assert "vs ln(2N − 1) = 5.54 at chance" in text and "color 10.0 %" in text
-    assert "shape 20.0 ± 1.0 %" in text                                # control mean ± sd over 3 seeds
+    assert "shape 20.3 ± 1.5 %" in text                                # control mean ± sd over 3 seeds
     assert "**Verdict:** training moved color, shape, texture above the untrained encoder" in text
-    # colour +5 every seed: better; shape exactly +0.0: not a win; texture −3: worse (3 τ each)
-    assert "IFM better in 3, worse in 3, no detectable difference in 3, untestable in 0" in text
-    assert "| 0.05 | 0.1 | shape | +0.0 [+0.0, +0.0], p = 1, n = 3 | no detectable difference |" in text
+    # colour +5.2/+4.9/+4.9: better; shape +0.2/−0.1/−0.1: not a win; texture −3: worse (3 τ each); paired
+    # t over 3 seeds: colour p = 0.00037, texture p = 0.0011, Holm over 9 cells keeps both below 5 %
+    assert "IFM better in 3, worse in 3, no detectable difference in 3, untestable in 0, on a feature not learned in 0" in text
+    # shape: mean 0, sd √0.03, half-width t(0.975, 2)·sd/√3 = 0.43
+    assert "| 0.05 | 0.1 | shape | +0.0 | [-0.4, +0.4] | 1 | 1 | 3 | no detectable difference |" in text
     assert "| 0.05 | 0 | 3 | 50.0 ± 1.0 |" in text
     assert len(pd.read_csv(tmp_path / "controls.csv")) == 3 and (tmp_path / "ifm.png").stat().st_size > 10_000
+
+
+def test_holm_and_an_unlearned_feature_keep_a_nominal_win_from_counting(tmp_path):
+    study = st.load_study_config("ifm", "small", extra={"seeds": 3})
+    noise = [0.3, -0.3, 0.0]
+    _write_results(tmp_path, study, _ifm_rows(study, {"color": 1.0, "shape": 1.0, "texture": 0.0}, [0, 1, -1],
+                                              ifm_noise=noise))
+    # shape per seed: trained mean 50 + noise(seed) + (1 + ifm_noise) / 2 = 50.65, 51.35, 49.5 vs its own
+    # control 50.5, 51.5, 49.2: +0.15, −0.15, +0.3, not above the untrained encoder
+    _write_controls(tmp_path, [40.0] * 3, [50.5, 51.5, 49.2], [20.0, 22.0, 19.0])
+    st.aggregate(study, tmp_path)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "**Verdict:** training moved color, texture above the untrained encoder; shape is not" in text
+    # colour: differences 1.3, 0.7, 1.0 → t = 1 / (0.3 / √3) = 5.774, two-sided p(t_2) = 0.02871; its interval
+    # excludes zero but Holm over the 6 cells of learned features gives 6 × 0.02871 = 0.172
+    p = 2 * stats.t.sf(1 / (0.3 / math.sqrt(3)), 2)
+    assert p == pytest.approx(0.02871, abs=1e-5)
+    assert f"| 0.05 | 0.1 | color | +1.0 | [+0.3, +1.7] | {p:.2g} | {6 * p:.2g} | 3 | no detectable difference |" in text
+    assert "| 0.05 | 0.1 | shape | +1.0 | [+0.3, +1.7] | 0.029 | nan | 3 | feature not learned" in text
+    assert "IFM better in 0, worse in 0, no detectable difference in 6, untestable in 0, on a feature not learned in 3" in text
+    learned = st.ifm_cells(pd.read_csv(tmp_path / "results.csv"), ["color", "shape", "texture"], ["color", "texture"])
+    assert learned["p_holm"].notna().sum() == 6
 
 
 def test_one_seed_reports_no_spread_and_a_loss_at_chance_is_a_smoke_test(tmp_path):

@@ -42,10 +42,10 @@ similarities equal) it is ln(2N − 1).
 from natural_images.studies.config import (DATASETS, SCALES, STUDIES, STUDY_CONFIG_DIR, DigitsData, StudyConfig,
                                            TrifeatureData, data_size, load_study_config)
 from natural_images.studies.plan import RunPlan, plan_controls, plan_runs, run_config
-from natural_images.studies.report import aggregate, paired_difference
+from natural_images.studies.report import aggregate, ifm_cells, paired_difference
 from natural_images.studies.run import collect_results, ensure_dataset, execute_run, final_infonce, run_study
 
 __all__ = ["DATASETS", "SCALES", "STUDIES", "STUDY_CONFIG_DIR", "DigitsData", "RunPlan", "StudyConfig",
            "TrifeatureData", "aggregate", "collect_results", "data_size", "ensure_dataset",
-           "execute_run", "final_infonce", "load_study_config", "paired_difference", "plan_controls", "plan_runs",
+           "execute_run", "final_infonce", "ifm_cells", "load_study_config", "paired_difference", "plan_controls", "plan_runs",
            "run_config", "run_study"]

@@ -3,9 +3,13 @@
 Every summary opens with the scale and its limits (runs, encoder, images,
 epochs, final InfoNCE against its chance value ln(2N − 1), read-out chance
 and the untrained-encoder control) and a verdict: whether the encoders left
-the chance regime at all. Means carry ± sd only with ≥ 2 seeds. IFM −
-baseline is a paired difference over seeds with a 95 % t interval; a cell
-counts as improved (or worse) only when that interval excludes zero.
+the chance regime at all, and which features training moved above an
+untrained encoder (paired by seed). Means carry ± sd only with ≥ 2 seeds. IFM −
+baseline is a paired difference over seeds with a 95 % t interval and a
+Holm-adjusted p over the study's cells; a cell counts as improved (or worse)
+only when that adjusted p is below 5 %, and only on a feature that training
+moved above the untrained encoder (on any other, the read-out is that of a
+random network and a difference says nothing about suppression).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from copd_ifm import files
 from copd_ifm.stats import paired_difference
@@ -47,13 +52,14 @@ def aggregate(study: StudyConfig, out: str | Path) -> pd.DataFrame:
     features = study_features(table)
     refs = references(table, controls, features)
     lines = [f"# {study.study} study: {study.dataset}, scale {study.scale}", ""]
-    lines += scale_and_limits(study, table, controls, features, planned)
+    opening, learned = scale_and_limits(study, table, controls, features, planned)
+    lines += opening
     if study.study == "difficulty":
         study_plots.plot_difficulty(table, features, study.beta_temperature, out / "difficulty.png", refs)
         lines += _difficulty_summary(table, features, study.beta_temperature)
     elif study.study == "ifm":
         study_plots.plot_ifm(table, features, out / "ifm.png", refs)
-        lines += _ifm_summary(table, features, study.dataset)
+        lines += _ifm_summary(table, features, study.dataset, learned)
         files.atomic_write_text(out / "ifm_table.csv", study_plots.ifm_table(table, features).to_csv(
             index=False, float_format="%.4g"))
     else:
@@ -88,8 +94,12 @@ def _first(table: pd.DataFrame, column: str, default: Any = "?") -> Any:
 
 
 def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataFrame, features: list[str],
-                     planned: int) -> list[str]:
-    """The opening section: what was run, how far training got, and whether the read-outs beat an untrained net."""
+                     planned: int) -> tuple[list[str], list[str] | None]:
+    """The opening section: what was run, how far training got, and whether the read-outs beat an untrained net.
+
+    Returns the lines and the features training moved above the untrained encoder: none when the final
+    InfoNCE is at chance, ``None`` when unknown (no control, or fewer than 2 seeds to pair).
+    """
     run = study.run
     model = run.get("model", {})
     width = float(_first(table, "width", model.get("width", 1.0)))
@@ -122,35 +132,31 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
         lines.append("- Untrained-encoder control (same architecture and initial weights, same linear read-out): "
                      + ", ".join(f"{f} {_pm(controls[f'acc_{f}'].mean(), controls[f'acc_{f}'].std(), len(controls))} %"
                                  for f in features if f"acc_{f}" in controls.columns) + ".")
-        tests = [(f, *_versus_control(table[f"acc_{f}"], controls[f"acc_{f}"]))
-                 for f in features if f"acc_{f}" in controls.columns]
-        above = [f for f, diff, p in tests if diff > 0 and p < ALPHA]
-        testable = all(np.isfinite(p) for _, _, p in tests)
-        lines.append(f"- Trained runs vs control ({'Welch' if len(controls) >= 2 else 'one-sample'} t over runs, "
-                     f"{ALPHA:.0%}): " + ", ".join(f"{f} {diff:+.1f} points "
-                                                    + (f"(p = {p:.2g})" if np.isfinite(p) else "(untestable)")
-                                                    for f, diff, p in tests) + ".")
-    lines += ["", _verdict(near_chance, above, features, controls.empty or not testable), ""]
-    return lines
+        tests = {f: versus_control(table, controls, f) for f in features if f"acc_{f}" in controls.columns}
+        above = [f for f, d in tests.items() if d["mean"] > 0 and d["p"] < ALPHA]
+        testable = bool(tests) and all(d["n"] >= 2 for d in tests.values())
+        n = max((d["n"] for d in tests.values()), default=0)
+        lines.append(f"- Trained runs vs control (paired by seed: each seed's mean over its runs minus its own "
+                     f"untrained encoder, t test over {n} seed(s), {ALPHA:.0%}): "
+                     + ", ".join(f"{f} {d['mean']:+.1f} points "
+                                 + (f"[{d['low']:+.1f}, {d['high']:+.1f}], p = {d['p']:.2g}" if np.isfinite(d["p"])
+                                    else "(untestable)")
+                                 for f, d in tests.items()) + ".")
+        if testable:
+            lines += ["", _verdict(near_chance, above, features, False), ""]
+            return lines, [] if near_chance else above
+    lines += ["", _verdict(near_chance, above, features, True), ""]
+    return lines, [] if near_chance else None
 
 
-def _versus_control(trained: pd.Series, control: pd.Series) -> tuple[float, float]:
-    """Mean trained − control accuracy (points) and the two-sided p of a t test (Welch, or one-sample vs 1 control).
+def versus_control(table: pd.DataFrame, controls: pd.DataFrame, feature: str) -> dict[str, float]:
+    """Trained − untrained read-out of ``feature`` (points), paired by seed (:func:`paired_difference`).
 
-    p is NaN when untestable (one trained run); 0 or 1 when the runs have no spread (difference or not).
+    Each seed's trained value is the mean over its runs: the runs of one seed share the initial weights of
+    that seed's control, so they are not independent replicates of the comparison.
     """
-    diff = float(trained.mean() - control.mean())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if len(control) >= 2 and len(trained) >= 2:
-            p = stats.ttest_ind(trained, control, equal_var=False).pvalue
-        elif len(trained) >= 2:
-            p = stats.ttest_1samp(trained, float(control.mean())).pvalue
-        else:
-            p = float("nan")
-    if not np.isfinite(p) and len(trained) >= 2:
-        p = 1.0 if diff == 0 else 0.0
-    return diff, float(p)
+    trained = table.groupby("seed")[f"acc_{feature}"].mean()
+    return paired_difference(trained, controls.set_index("seed")[f"acc_{feature}"])
 
 
 def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
@@ -162,13 +168,18 @@ def _verdict(near_chance: bool | None, above: list[str], features: list[str], no
         return (f"**Verdict: smoke test only.** The encoders have not left the chance regime ({why}); nothing "
                 f"below is evidence for or against the paper's claims.")
     if no_control:
-        return ("**Verdict:** without an untrained control (or with one trained run) it is unknown which features "
-                "training has improved.")
+        return ("**Verdict:** without an untrained control (or with fewer than 2 seeds to pair with it) it is unknown "
+                "which features training has improved.")
     tail = f"; {', '.join(rest)} is not read out better than from the untrained encoder, so comparisons on it say nothing" if rest else ""
     return f"**Verdict:** training moved {', '.join(above)} above the untrained encoder{tail}."
 
 
-def _ifm_summary(table: pd.DataFrame, features: list[str], dataset: str) -> list[str]:
+UNTESTABLE = "untestable (< 2 paired seeds)"
+UNLEARNED = "feature not learned (not above the untrained encoder)"
+
+
+def _ifm_summary(table: pd.DataFrame, features: list[str], dataset: str, learned: list[str] | None) -> list[str]:
+    """``learned``: the features training moved above the untrained encoder (``None``: unknown, all tested)."""
     summary = study_plots.ifm_table(table, features)
     claim = ("Paper (Fig. 6, ResNet-18, 200 epochs, 3 seeds): IFM (ε = 0.1) improves colour, shape and texture "
              "read-out at every τ." if dataset == "trifeature" else
@@ -179,32 +190,51 @@ def _ifm_summary(table: pd.DataFrame, features: list[str], dataset: str) -> list
     lines += [f"| {fmt(float(r['temperature']))} | {fmt(float(r['ifm_eps']))} | {int(r['n'])} | "
               + " | ".join(_pm(r[f"acc_{f}_mean"], r[f"acc_{f}_sd"], int(r["n"])) for f in features) + " |"
               for _, r in summary.iterrows()]
-    cells, counts = [], {"better": 0, "worse": 0, "no detectable difference": 0, "untestable (< 2 paired seeds)": 0}
-    for tau, rows in table.groupby("temperature"):
-        base = rows[rows["ifm_eps"] == 0].set_index("seed")
+    cells = ifm_cells(table, features, learned)
+    if cells.empty:
+        return lines
+    counts = cells["verdict"].value_counts()
+    lines += ["", "IFM − baseline per cell (points; paired over seeds, 95 % t interval, p of the paired t test and "
+                  "Holm-adjusted over the cells of learned features; a cell counts as better or worse only at an "
+                  f"adjusted p < {ALPHA:g}, and a difference identical in every seed (p = nan) never counts):", "",
+              "| τ | ε | feature | IFM − baseline | 95 % CI | p | p (Holm) | n | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {fmt(float(r.temperature))} | {fmt(float(r.ifm_eps))} | {r.feature} | {r.mean:+.1f} | "
+              + (f"[{r.low:+.1f}, {r.high:+.1f}]" if np.isfinite(r.low) else "–")
+              + f" | {r.p:.2g} | {r.p_holm:.2g} | {r.n} | {r.verdict} |" for r in cells.itertuples()]
+    lines += ["", f"Of {len(cells)} (τ, ε, feature) cells: IFM better in {counts.get('better', 0)}, worse in "
+                  f"{counts.get('worse', 0)}, no detectable difference in {counts.get('no detectable difference', 0)}, "
+                  f"untestable in {counts.get(UNTESTABLE, 0)}, on a feature not learned in {counts.get(UNLEARNED, 0)}."]
+    return lines
+
+
+def ifm_cells(table: pd.DataFrame, features: list[str], learned: list[str] | None) -> pd.DataFrame:
+    """IFM − baseline per (τ, ε, feature), paired over seeds, with Holm-adjusted p and a verdict per cell.
+
+    The Holm family is the cells with a finite p on features in ``learned`` (every feature when ``None``).
+    """
+    rows = []
+    for tau, group in table.groupby("temperature"):
+        base = group[group["ifm_eps"] == 0].set_index("seed")
         if base.empty:
             continue
-        for eps, ifm in rows[rows["ifm_eps"] > 0].groupby("ifm_eps"):
-            ifm = ifm.set_index("seed")
+        for eps, ifm in group[group["ifm_eps"] > 0].groupby("ifm_eps"):
             for f in features:
-                d = paired_difference(ifm[f"acc_{f}"], base[f"acc_{f}"])
-                if d["n"] < 2:
-                    verdict = "untestable (< 2 paired seeds)"
-                    text = f"{d['mean']:+.1f} (n = {d['n']})"
-                else:
-                    verdict = ("better" if d["low"] > 0 else "worse" if d["high"] < 0
-                               else "no detectable difference")
-                    text = f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}], p = {d['p']:.2g}, n = {d['n']}"
-                counts[verdict] += 1
-                cells.append(f"| {fmt(float(tau))} | {fmt(float(eps))} | {f} | {text} | {verdict} |")
-    if cells:
-        lines += ["", "IFM − baseline per cell (points; paired over seeds, 95 % t interval; a cell counts as better "
-                      "or worse only when the interval excludes zero):", "",
-                  "| τ | ε | feature | IFM − baseline | verdict |", "|---|---|---|---|---|", *cells, "",
-                  f"Of {len(cells)} (τ, ε, feature) cells: IFM better in {counts['better']}, worse in "
-                  f"{counts['worse']}, no detectable difference in {counts['no detectable difference']}, "
-                  f"untestable in {counts['untestable (< 2 paired seeds)']}."]
-    return lines
+                d = paired_difference(ifm.set_index("seed")[f"acc_{f}"], base[f"acc_{f}"])
+                rows.append({"temperature": tau, "ifm_eps": eps, "feature": f, **d})
+    cells = pd.DataFrame(rows, columns=["temperature", "ifm_eps", "feature", "n", "a", "b", "mean", "sd", "low",
+                                        "high", "p"])
+    cells["n"] = cells["n"].astype(int)
+    interpretable = cells["feature"].isin(features if learned is None else learned)
+    family = interpretable & np.isfinite(cells["p"])
+    cells["p_holm"] = np.nan
+    if family.any():
+        cells.loc[family, "p_holm"] = multipletests(cells.loc[family, "p"], method="holm")[1]
+    significant = cells["p_holm"] < ALPHA
+    cells["verdict"] = np.select(
+        [cells["n"] < 2, ~interpretable, significant & (cells["mean"] > 0), significant & (cells["mean"] < 0)],
+        [UNTESTABLE, UNLEARNED, "better", "worse"], "no detectable difference")
+    return cells
 
 
 def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: float) -> list[str]:
