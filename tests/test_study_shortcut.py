@@ -129,6 +129,12 @@ def test_study_end_to_end(finished: Path) -> None:
     summary = (finished / "summary.md").read_text(encoding="utf-8")
     assert "Synthetic cohort" in summary and "10 subjects" in summary and "ln(K + 1)" in summary
     assert "IFM higher in" in summary and "Robinson" in summary
+    baseline_acc = [json.loads((finished / "runs" / f"tau0.2_eps0_seed{s}" / "result.json").read_text())["patch_acc"]
+                    for s in (0, 1)]
+    queue = json.loads((finished / "runs" / "tau0.2_eps0_seed0" / "result.json").read_text())["patch_chance"]
+    assert (f"instance accuracy on the unperturbed logits (positive above every negative): "
+            f"{np.mean(baseline_acc):.3f}") in summary
+    assert f"1/(K + 1) = {np.exp(-queue):.4f}" in summary
     regions = pd.read_csv(finished / "runs" / "tau0.2_eps0_seed0" / "regions.csv")
     nodes = np.load(finished / "runs" / "tau0.2_eps0_seed0" / "nodes.npy")
     assert len(regions) == nodes.shape[1] and nodes.shape[0] == 10

@@ -208,6 +208,11 @@ def _training_lines(runs: pd.DataFrame) -> list[str]:
                          f"chance value ln(K + 1) = {chance:.3f} (K = {round(math.exp(chance) - 1)} queue negatives)"
                          + ("" if method == "baseline" else "; for ε > 0 this is the IFM objective (L + L_ε)/2, "
                             "which is above plain InfoNCE by construction"))
+            acc = group[f"{level}_acc"]
+            if acc.notna().any():
+                lines.append(f"  - its instance accuracy on the unperturbed logits (positive above every negative): "
+                             f"{acc.mean():.3f} (range {acc.min():.3f}–{acc.max():.3f}) vs chance "
+                             f"1/(K + 1) = {math.exp(-chance):.4f}")
         if loss.notna().any() and not (trained.loc[trained["method"] == "baseline", f"{level}_loss"]
                                        < chance - 0.5).all():
             lines.append(f"- Caution: the baseline's {level}-level loss is not clearly (0.5 nats) below chance in every "
