@@ -54,10 +54,10 @@ def plot_shortcut(results: pd.DataFrame, outcomes: list[Outcome], path: Path) ->
 
 
 def landmark_laa(store: PatchStore) -> np.ndarray:
-    """Share of patch voxels ≤ −950 HU per landmark, mean over the store's subjects: ``[L]``."""
+    """Share of patch voxels < −950 HU per landmark, mean over the store's subjects: ``[L]``."""
     total = np.zeros(store.n_landmarks)
     for sid in store.sids:
-        total += (np.asarray(store.patches(sid)) <= LAA_THRESHOLD_HU).mean(axis=(1, 2, 3))
+        total += (np.asarray(store.patches(sid)) < LAA_THRESHOLD_HU).mean(axis=(1, 2, 3))
     return total / len(store.sids)
 
 
@@ -82,7 +82,7 @@ def plot_regions(out: Path, plans: list[RunPlan], store: PatchStore, latent: str
     lung = atlas_lung_array(spacing).any(axis=1)                      # [z, x] coronal silhouette
     eps = sorted({p.epsilon for p in plans if p.method == "ifm" and (out / "runs" / p.run_id / "regions.csv").is_file()})
     maps: list[tuple[str, pd.Series | None, str]] = [
-        ("measured share ≤ −950 HU (data)", pd.Series(landmark_laa(store)), "magma"),
+        ("measured share < −950 HU (data)", pd.Series(landmark_laa(store)), "magma"),
         ("baseline (ε = 0)", _regions(out, plans, "baseline", None), "viridis"),
         (f"IFM ε = {eps[-1]:g}" if eps else "IFM", _regions(out, plans, "ifm", eps[-1]) if eps else None, "viridis"),
         ("untrained encoder", _regions(out, plans, "untrained", None), "viridis")]
@@ -111,11 +111,11 @@ def plot_regions(out: Path, plans: list[RunPlan], store: PatchStore, latent: str
         ax.plot(profile.to_numpy(), (profile.index.to_numpy() + half) * spacing, "-o", label=title, markersize=3)
     ax.set_xlabel(f"R² of {latent}")
     ax.set_ylabel("height z (mm, atlas; up = cranial)")
-    if "measured share ≤ −950 HU (data)" in z_profile:
+    if "measured share < −950 HU (data)" in z_profile:
         twin = ax.twiny()
-        laa = z_profile["measured share ≤ −950 HU (data)"]
+        laa = z_profile["measured share < −950 HU (data)"]
         twin.plot(laa.to_numpy(), (laa.index.to_numpy() + half) * spacing, color="tab:red", linestyle=":")
-        twin.set_xlabel("share ≤ −950 HU (red, dotted)", color="tab:red")
+        twin.set_xlabel("share < −950 HU (red, dotted)", color="tab:red")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)

@@ -216,7 +216,8 @@ def _training_lines(runs: pd.DataFrame) -> list[str]:
         if loss.notna().any() and not (trained.loc[trained["method"] == "baseline", f"{level}_loss"]
                                        < chance - 0.5).all():
             lines.append(f"- Caution: the baseline's {level}-level loss is not clearly (0.5 nats) below chance in every "
-                         f"run: that encoder is barely trained and its read-out says little about suppression.")
+                         f"run: the loss alone does not show that level trained (its instance accuracy above is the "
+                         f"other evidence), and a barely trained encoder's read-out says little about suppression.")
     return lines
 
 
@@ -267,7 +268,7 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
               "control lines.",
               f"- `regions.png`: per-landmark cross-validated R² of `{study.regions_latent}` from that landmark's "
               "node embedding (coronal projection, mean over seeds and over landmarks along the AP axis), next to "
-              "the measured share of voxels ≤ −950 HU per landmark (the generator draws centrilobular emphysema "
+              "the measured share of voxels < −950 HU per landmark (the generator draws centrilobular emphysema "
               "with an upper-zone predominance).", ""]
     files.atomic_write_text(out / "summary.md", "\n".join(lines))
 
