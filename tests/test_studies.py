@@ -97,8 +97,8 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     assert (tmp_path / "difficulty.png").stat().st_size > 10_000
     text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| 1 | 90.5 ± 0.7 |" in text                                # colour at τ = 1: seeds 0 and 1 → 90, 91
-    assert "Best temperature per feature: color 1, shape 0.05" in text
-    assert "Best hcl_beta per feature: color 0, shape 0, texture 4." in text
+    assert "Best temperature per feature (highest mean; a finding only where the test below says yes): color 1, shape 0.05" in text
+    assert "Best hcl_beta per feature (highest mean; a finding only where the test below says yes): color 0, shape 0, texture 4." in text
 
 
 def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):

@@ -255,7 +255,8 @@ def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: floa
                   + " | ".join(_pm(r[f"{a}_mean"], r[f"{a}_sd"], int(r["n"])) for a in acc) + " |"
                   for _, r in summary.iterrows()]
         best = {f: fmt(float(summary.loc[summary[f"acc_{f}_mean"].idxmax(), key])) for f in features}
-        lines += ["", "Best " + key + " per feature: " + ", ".join(f"{f} {v}" for f, v in best.items()) + ".",
+        lines += ["", "Best " + key + " per feature (highest mean; a finding only where the test below says yes): "
+                  + ", ".join(f"{f} {v}" for f, v in best.items()) + ".",
                   _sweep_test(rows, key, features), ""]
     return lines
 
