@@ -23,7 +23,7 @@ from natural_images.trifeature import Trifeature, TrifeatureSpec
 def test_study_configs_plan_the_papers_grids():
     difficulty = st.load_study_config("difficulty", "small")
     ids = [p.run_id for p in st.plan_runs(difficulty)]
-    assert len(ids) == len(set(ids)) == 9                               # 5 τ + 5 β, (τ 0.5, β 0) shared
+    assert len(ids) == len(set(ids)) == 9 * 2                           # (5 τ + 5 β, (τ 0.5, β 0) shared) × 2 seeds
     ifm = st.load_study_config("ifm", "paper")
     plans = st.plan_runs(ifm)
     assert len(plans) == 18

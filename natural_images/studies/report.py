@@ -224,9 +224,9 @@ def ifm_cells(table: pd.DataFrame, features: list[str], learned: list[str] | Non
                 rows.append({"temperature": tau, "ifm_eps": eps, "feature": f, **d})
     cells = pd.DataFrame(rows, columns=["temperature", "ifm_eps", "feature", "n", "a", "b", "mean", "sd", "low",
                                         "high", "p"])
-    cells["n"] = cells["n"].astype(int)
+    cells = cells.astype({"n": int, "p": float})
     interpretable = cells["feature"].isin(features if learned is None else learned)
-    family = interpretable & np.isfinite(cells["p"])
+    family = interpretable & cells["p"].notna()
     cells["p_holm"] = np.nan
     if family.any():
         cells.loc[family, "p_holm"] = multipletests(cells.loc[family, "p"], method="holm")[1]
