@@ -1,10 +1,13 @@
-"""Paired comparisons over seeds, shared by every study report (part of the floor: numpy, scipy, pandas only)."""
+"""Paired comparisons over seeds and their Holm correction, shared by every study report (part of the floor:
+numpy, scipy, pandas and statsmodels only)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 
 def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
@@ -29,3 +32,13 @@ def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
     p = (1.0 if abs(mean) <= 1e-12 else math.nan) if degenerate else float(stats.ttest_rel(both["a"], both["b"]).pvalue)
     out.update(sd=sd, low=mean - half, high=mean + half, p=p)
     return out
+
+
+def holm(p: pd.Series, family: pd.Series | None = None) -> pd.Series:
+    """Holm-adjusted ``p`` over one family of tests: the rows in ``family`` (boolean, same index; default
+    every row) whose p is not NaN. Every other row is NaN."""
+    members = p.notna() if family is None else family & p.notna()
+    adjusted = pd.Series(np.nan, index=p.index)
+    if members.any():
+        adjusted[members] = multipletests(p[members].astype(float), method="holm")[1]
+    return adjusted

@@ -12,6 +12,7 @@ import yaml
 from scipy import stats
 
 from copd_ifm import config as cfg
+from copd_ifm import stats as st_floor
 from copd_ifm.cli import main
 from copd_ifm.errors import UserError
 from natural_images import studies as st
@@ -196,6 +197,15 @@ def test_paired_difference_interval_and_p_by_hand():
     assert zero["low"] == zero["high"] == 0.0 and zero["p"] == 1.0
     one = st.paired_difference(pd.Series([5.0], [0]), pd.Series([4.0], [0]))
     assert one["n"] == 1 and math.isnan(one["low"])
+
+
+def test_holm_adjusts_only_the_family_members_with_a_p():
+    p = pd.Series([0.01, 0.04, math.nan, 0.03, 0.001])
+    family = pd.Series([True, True, True, True, False])
+    # by hand over 0.01, 0.03, 0.04: 3 × 0.01 = 0.03, 2 × 0.03 = 0.06, max(0.06, 1 × 0.04) = 0.06
+    adjusted = st_floor.holm(p, family)
+    assert adjusted[[0, 3, 1]].tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert adjusted[[2, 4]].isna().all()
 
 
 def _ifm_rows(study, effects, seeds_noise, ifm_noise=(0.0, 0.0, 0.0)):

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from copd_ifm import files
-from copd_ifm.stats import paired_difference
+from copd_ifm.stats import holm, paired_difference
 from natural_images import study_plots
 from natural_images.studies.config import StudyConfig, data_size
 from natural_images.studies.plan import fmt, plan_runs
@@ -226,10 +225,7 @@ def ifm_cells(table: pd.DataFrame, features: list[str], learned: list[str] | Non
                                         "high", "p"])
     cells = cells.astype({"n": int, "p": float})
     interpretable = cells["feature"].isin(features if learned is None else learned)
-    family = interpretable & cells["p"].notna()
-    cells["p_holm"] = np.nan
-    if family.any():
-        cells.loc[family, "p_holm"] = multipletests(cells.loc[family, "p"], method="holm")[1]
+    cells["p_holm"] = holm(cells["p"], interpretable)
     significant = cells["p_holm"] < ALPHA
     cells["verdict"] = np.select(
         [cells["n"] < 2, ~interpretable, significant & (cells["mean"] > 0), significant & (cells["mean"] < 0)],

@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.metrics import r2_score
-from statsmodels.stats.multitest import multipletests
 
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.evaluation.cv import cross_validate
-from copd_ifm.stats import paired_difference
+from copd_ifm.stats import holm, paired_difference
 from copd_ifm.studies.shortcut import plots
 from copd_ifm.studies.shortcut.plan import RunPlan, ShortcutStudy
 from copd_ifm.studies.shortcut.run import RESULT_FILE, Target
@@ -123,12 +122,9 @@ def comparisons(results: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["p_holm"] = math.nan
     family = table["comparison"].str.startswith("IFM")
-    for members in (family, ~family):     # Holm within each family of tests (IFM effects, training effects)
-        tested = members & table["p"].notna()
-        if tested.any():
-            table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"], method="holm")[1]
+    # Holm within each family of tests (IFM effects, training effects)
+    table["p_holm"] = holm(table["p"], family).combine_first(holm(table["p"], ~family))
     table["verdict"] = [_verdict(r) for r in table.itertuples()]
     return table
 
