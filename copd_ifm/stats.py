@@ -1,4 +1,4 @@
-"""Paired comparisons over seeds and their Holm correction, shared by every study report (part of the floor:
+"""Paired and two-sample comparisons over seeds and their Holm correction, shared by every study report (part of the floor:
 numpy, scipy, pandas and statsmodels only)."""
 from __future__ import annotations
 
@@ -31,6 +31,32 @@ def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
     degenerate = sd <= 1e-9 * max(1.0, abs(mean))
     p = (1.0 if abs(mean) <= 1e-12 else math.nan) if degenerate else float(stats.ttest_rel(both["a"], both["b"]).pvalue)
     out.update(sd=sd, low=mean - half, high=mean + half, p=p)
+    return out
+
+
+def welch_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """``mean(a) − mean(b)`` of two independent samples (Welch: unequal variances, Satterthwaite df).
+
+    Returns ``n`` (of ``a``), ``n_b``, the means ``a`` and ``b``, the difference
+    ``mean``, the 95 % Welch interval ``low``/``high`` and the two-sided ``p`` (all
+    NaN with fewer than 2 values in either sample). With no spread in either
+    sample there is nothing to test: ``p`` is 1 for equal means, NaN otherwise.
+    """
+    a, b = a.dropna().astype(float), b.dropna().astype(float)
+    n, m = len(a), len(b)
+    mean = float(a.mean() - b.mean()) if n and m else math.nan
+    out = {"n": n, "n_b": m, "a": float(a.mean()) if n else math.nan, "b": float(b.mean()) if m else math.nan,
+           "mean": mean, "low": math.nan, "high": math.nan, "p": math.nan}
+    if n < 2 or m < 2:
+        return out
+    va, vb = float(a.var(ddof=1)) / n, float(b.var(ddof=1)) / m
+    se = math.sqrt(va + vb)
+    if se <= 1e-9 * max(1.0, abs(mean)):
+        out.update(low=mean, high=mean, p=1.0 if abs(mean) <= 1e-12 else math.nan)
+        return out
+    df = (va + vb) ** 2 / (va ** 2 / (n - 1) + vb ** 2 / (m - 1))
+    half = float(stats.t.ppf(0.975, df)) * se
+    out.update(low=mean - half, high=mean + half, p=float(2 * stats.t.sf(abs(mean) / se, df)))
     return out
 
 

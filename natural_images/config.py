@@ -140,6 +140,7 @@ class LinearConfig:
     batch_size: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
     milestones: list[int] = field(default_factory=list)   # step decay ×0.1 at these epochs (replaces optim.schedule)
+    standardize: bool = False              # z-score features with the training split's mean and sd first
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

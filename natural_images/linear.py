@@ -4,7 +4,10 @@ Train and test images go through the frozen encoder once (evaluation
 transform, no augmentation); a linear layer ``[F] → [C]`` is then trained on
 the cached features with the configured optimiser and schedule, and test
 top-1 is reported per epoch. Datasets with several label columns (Trifeature)
-get one classifier per column. Accuracies are reported in percent.
+get one classifier per column. Accuracies are reported in percent. With
+``linear.standardize`` each feature is first z-scored with the training split's
+mean and sd: the same linear family, but a fixed step budget then converges
+whatever the encoder's feature scale (an untrained encoder's differs by seed).
 """
 from __future__ import annotations
 
@@ -39,22 +42,43 @@ def top1(layer: nn.Module, x: Tensor, y: Tensor, batch: int = 8192) -> float:
     return correct / max(len(x), 1)
 
 
+class Standardize(nn.Module):
+    """``(x − mean) / sd`` per feature, ``x`` ``[N, F]``; mean and sd ``[F]`` are fixed buffers."""
+
+    def __init__(self, mean: Tensor, sd: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("sd", sd)
+
+    @classmethod
+    def fit(cls, x: Tensor) -> "Standardize":
+        """Statistics of ``x`` ``[N, F]``; a constant feature gets sd 1 (it stays 0 after centring)."""
+        sd = x.std(0) if len(x) > 1 else torch.ones_like(x[0])
+        return cls(x.mean(0), torch.where(sd > 1e-12, sd, torch.ones_like(sd)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.sd
+
+
 def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearConfig, seed: int = 0,
                test_x: Tensor | None = None, test_y: Tensor | None = None,
-               desc: str = "linear") -> tuple[nn.Linear, list[dict[str, float]]]:
+               desc: str = "linear") -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``Linear(F, num_classes)`` on features ``[N, F]`` and labels ``[N]`` (same device).
 
     Initialisation N(0, 0.01²) weights and zero bias (MoCo's linear protocol);
     mini-batches of ``lin.batch_size`` in a seeded random order; per-step
     schedule from ``lin.optim`` or ×0.1 decays at ``lin.milestones`` epochs.
-    Returns the layer and one history row per epoch (train loss/top-1, test top-1).
+    With ``lin.standardize`` the returned module is ``Standardize`` (fitted on
+    ``train_x``) followed by the layer. Returns the module and one history row
+    per epoch (train loss/top-1, test top-1).
     """
     gen = torch.Generator().manual_seed(seed)
-    layer = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    linear = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.01)
-        layer.bias.zero_()
-    optimizer = build_optimizer(layer.parameters(), lin.optim)
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * 0.01)
+        linear.bias.zero_()
+    layer: nn.Module = nn.Sequential(Standardize.fit(train_x), linear) if lin.standardize else linear
+    optimizer = build_optimizer(linear.parameters(), lin.optim)
     n = train_x.shape[0]
     steps = math.ceil(n / lin.batch_size)
     if lin.milestones:

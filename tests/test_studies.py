@@ -199,6 +199,36 @@ def test_paired_difference_interval_and_p_by_hand():
     assert one["n"] == 1 and math.isnan(one["low"])
 
 
+def test_welch_difference_interval_and_p_by_hand():
+    d = st_floor.welch_difference(pd.Series([11.0, 12.0, 13.0]), pd.Series([9.0, 10.0, 11.0, 10.0]))
+    # var/n: 1/3 and (2/3)/4 = 1/6, so se = √0.5; Satterthwaite df = 0.25 / ((1/3)²/2 + (1/6)²/3) = 3.857
+    se, df = math.sqrt(0.5), 0.25 / ((1 / 3) ** 2 / 2 + (1 / 6) ** 2 / 3)
+    assert d["n"] == 3 and d["n_b"] == 4 and d["mean"] == pytest.approx(2.0)
+    assert d["low"] == pytest.approx(2 - stats.t.ppf(0.975, df) * se)
+    assert d["p"] == pytest.approx(2 * stats.t.sf(2 / se, df))
+    flat = st_floor.welch_difference(pd.Series([5.0, 5.0]), pd.Series([4.0, 4.0]))
+    assert flat["mean"] == 1.0 and math.isnan(flat["p"])               # no spread: nothing to test
+    assert math.isnan(st_floor.welch_difference(pd.Series([5.0, 6.0]), pd.Series([4.0]))["p"])
+
+
+def test_extra_untrained_initialisations_pin_down_the_floor(tmp_path):
+    study = st.load_study_config("ifm", "small", extra={"seeds": 3, "controls": 6})
+    assert [p.run_id for p in st.plan_controls(study)] == [f"untrained_seed{s}" for s in range(6)]
+    _write_results(tmp_path, study, _ifm_rows(study, {"color": 0.0, "shape": 0.0, "texture": 0.0}, [0, 1, -1]))
+    # trained seed means 50, 51, 49; shape controls 44..49 (mean 46.5): the three seeds' own controls alone
+    # (44, 49, 45) leave a paired test at p = 0.19, six initialisations do not
+    _write_controls(tmp_path, [40.0] * 6, [44.0, 49.0, 45.0, 48.0, 47.0, 46.0], [20.0] * 6)
+    st.aggregate(study, tmp_path)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    welch = stats.ttest_ind([50.0, 51.0, 49.0], [44.0, 49.0, 45.0, 48.0, 47.0, 46.0], equal_var=False)
+    assert welch.pvalue < 0.05 < stats.ttest_rel([50.0, 51.0, 49.0], [44.0, 49.0, 45.0]).pvalue
+    assert "shape +3.5 points [" in text and f"p = {welch.pvalue:.2g}" in text
+    assert "6 random initialisation(s)" in text and "3 seed(s), against the 6 untrained encoders" in text
+    assert "**Verdict:** training moved color, shape, texture above the untrained encoder" in text
+    assert "z-scored (training split's mean and sd)" in text and "100 epochs" in text
+    assert len(pd.read_csv(tmp_path / "controls.csv")) == 6
+
+
 def test_holm_adjusts_only_the_family_members_with_a_p():
     p = pd.Series([0.01, 0.04, math.nan, 0.03, 0.001])
     family = pd.Series([True, True, True, True, False])

@@ -17,7 +17,7 @@ from natural_images.backbones import build_backbone, resolve_stem
 from natural_images.config import AugmentConfig, LinearConfig
 from natural_images.features import extract_features
 from natural_images.knn import knn_accuracy, knn_scores
-from natural_images.linear import fit_linear, top1
+from natural_images.linear import Standardize, fit_linear, top1
 from natural_images.methods import SimCLR
 
 
@@ -110,6 +110,31 @@ def test_linear_probe_on_random_encoder_matches_sklearn_logistic_regression():
     assert 0.45 < theirs < 0.98  # the check is informative only if the task is neither hopeless nor trivial
     assert abs(ours - theirs) <= 0.1
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_standardize_uses_the_training_statistics_and_leaves_a_constant_feature_at_zero():
+    x = torch.tensor([[1.0, 10.0, 3.0], [3.0, 30.0, 3.0], [5.0, 20.0, 3.0]])
+    z = Standardize.fit(x)(x)
+    # column 0: mean 3, sd 2 (ddof 1); column 1: mean 20, sd 10; column 2 is constant: sd taken as 1
+    assert torch.allclose(z, torch.tensor([[-1.0, -1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+def test_a_standardized_probe_does_not_depend_on_each_features_scale():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 4
+    x = torch.randn(300, 6, generator=gen) + torch.nn.functional.one_hot(y, 6).float()
+    scaled = x * torch.tensor([1e-3, 1e3, 1.0, 50.0, 1e-2, 7.0]) + 5.0   # what differs between encoders
+    lin = LinearConfig(epochs=20, batch_size=64, standardize=True)
+    lin.optim.lr = 0.01
+    ref, history = fit_linear(x[:200], y[:200], 4, lin, test_x=x[200:], test_y=y[200:])
+    other, history_scaled = fit_linear(scaled[:200], y[:200], 4, lin, test_x=scaled[200:], test_y=y[200:])
+    assert isinstance(ref, nn.Sequential)
+    assert [h["test_top1"] for h in history] == [h["test_top1"] for h in history_scaled]
+    assert torch.allclose(ref(x[200:]), other(scaled[200:]), atol=1e-3)   # float32 rounding of 5 + 1e-3·x
+    assert history[-1]["test_top1"] > 40                                  # chance is 25 %
+    lin.standardize = False                                               # the raw probe is not invariant
+    _, raw = fit_linear(scaled[:200], y[:200], 4, lin, test_x=scaled[200:], test_y=y[200:])
+    assert raw[-1]["test_top1"] < history[-1]["test_top1"] - 5
 
 
 def test_cifar_stem_keeps_resolution_and_standard_stem_downsamples():

@@ -5,7 +5,9 @@ A study is a list of runs; a run is one SimCLR pretraining
 frozen encoder (:func:`natural_images.linear.linear_readout`) and its final
 InfoNCE loss (:func:`final_infonce`). With ``control: true`` (default) each seed
 also gets an untrained-encoder control: the same architecture with the
-trained runs' initial weights, read out and measured alike. Studies
+trained runs' initial weights, read out and measured alike (``controls: n``
+adds initialisations up to seed n − 1; the report tests each seed's trained
+mean against all of them). Studies
 (``configs/vision/studies/<study>-<scale>.yaml``):
 
 * ``difficulty``: τ sweep (β = 0) and hard-negative β sweep (τ fixed); accuracy

@@ -46,6 +46,7 @@ class StudyConfig:
     beta_temperature: float = 0.5          # difficulty: the τ of the β sweep (for the plot)
     loss_batches: int = 20                 # batches for the final InfoNCE loss
     control: bool = True                   # read out an untrained encoder (same architecture, random init) per seed
+    controls: int = 0                      # untrained encoders of seeds 0..n−1 (never fewer than seeds) when control
     keep_checkpoints: bool = False         # keep each finished run's checkpoint.pt (else only its results)
     run: dict[str, Any] = field(default_factory=dict)   # VisionConfig fields shared by every run
     trifeature: TrifeatureData = field(default_factory=TrifeatureData)
@@ -60,6 +61,8 @@ class StudyConfig:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.seeds < 1 or self.loss_batches < 1:
             raise ValueError(f"seeds and loss_batches must be >= 1, got {self.seeds}, {self.loss_batches}")
+        if self.controls < 0:
+            raise ValueError(f"controls must be >= 0, got {self.controls}")
         for sweep in self.sweeps:
             for key, values in sweep.items():
                 if not values:

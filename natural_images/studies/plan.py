@@ -1,4 +1,4 @@
-"""The runs of a study: sweep points × seeds, plus one untrained-encoder control per seed, and each run's config."""
+"""The runs of a study: sweep points × seeds, plus untrained-encoder controls (one per seed at least), and each run's config."""
 from __future__ import annotations
 
 import itertools
@@ -43,10 +43,15 @@ def plan_runs(study: StudyConfig) -> list[RunPlan]:
 
 
 def plan_controls(study: StudyConfig) -> list[RunPlan]:
-    """One untrained-encoder read-out per seed (``study.control``), with the study's shared run settings."""
+    """Untrained-encoder read-outs of seeds 0..max(seeds, controls)−1 (``study.control``), with the shared run settings.
+
+    Seeds beyond the study's are extra random initialisations: they pin down the untrained floor, whose
+    read-out varies more between initialisations than the trained runs' does.
+    """
     if not study.control:
         return []
-    return [RunPlan(f"{CONTROL_PREFIX}_seed{seed}", (("seed", seed),), control=True) for seed in range(study.seeds)]
+    return [RunPlan(f"{CONTROL_PREFIX}_seed{seed}", (("seed", seed),), control=True)
+            for seed in range(max(study.seeds, study.controls))]
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

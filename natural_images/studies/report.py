@@ -3,8 +3,9 @@
 Every summary opens with the scale and its limits (runs, encoder, images,
 epochs, final InfoNCE against its chance value ln(2N − 1), read-out chance
 and the untrained-encoder control) and a verdict: whether the encoders left
-the chance regime at all, and which features training moved above an
-untrained encoder (paired by seed). Means carry ± sd only with ≥ 2 seeds. IFM −
+the chance regime at all, and which features training moved above the
+untrained encoders (Welch test: one mean per seed against every untrained
+initialisation). Means carry ± sd only with ≥ 2 seeds. IFM −
 baseline is a paired difference over seeds with a 95 % t interval and a
 Holm-adjusted p over the study's cells; a cell counts as improved (or worse)
 only when that adjusted p is below 5 %, and only on a feature that training
@@ -22,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from copd_ifm import files
-from copd_ifm.stats import holm, paired_difference
+from copd_ifm.stats import holm, paired_difference, welch_difference
 from natural_images import study_plots
 from natural_images.studies.config import StudyConfig, data_size
 from natural_images.studies.plan import fmt, plan_runs
@@ -97,7 +98,7 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
     """The opening section: what was run, how far training got, and whether the read-outs beat an untrained net.
 
     Returns the lines and the features training moved above the untrained encoder: none when the final
-    InfoNCE is at chance, ``None`` when unknown (no control, or fewer than 2 seeds to pair).
+    InfoNCE is at chance, ``None`` when unknown (no control, or fewer than 2 seeds or 2 controls).
     """
     run = study.run
     model = run.get("model", {})
@@ -108,7 +109,8 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
              f"- Encoder: SimCLR {_first(table, 'arch', model.get('arch', 'resnet18'))}, width {width:g}, "
              f"{_first(table, 'stem', model.get('stem', 'auto'))} stem, {data_size(study)}-px images, "
              + (f"{_first(table, 'train_images')} training images, " if "train_images" in table.columns else "")
-             + f"{run.get('epochs', '?')} epochs, batch {run.get('batch_size', '?')}."]
+             + f"{run.get('epochs', '?')} epochs, batch {run.get('batch_size', '?')}.",
+             _readout_line(run.get("linear", {}))]
     near_chance = None
     if "chance_loss" in table.columns and table["final_loss"].notna().any():
         loss, chance = table["final_loss"], float(table["chance_loss"].mean())
@@ -128,15 +130,16 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
         lines.append(f"- No untrained-encoder control ({why}): read-outs cannot be told apart from what a random "
                      f"network gives.")
     else:
-        lines.append("- Untrained-encoder control (same architecture and initial weights, same linear read-out): "
+        lines.append(f"- Untrained-encoder control (same architecture, {len(controls)} random initialisation(s) "
+                     f"including each seed's, same linear read-out): "
                      + ", ".join(f"{f} {_pm(controls[f'acc_{f}'].mean(), controls[f'acc_{f}'].std(), len(controls))} %"
                                  for f in features if f"acc_{f}" in controls.columns) + ".")
         tests = {f: versus_control(table, controls, f) for f in features if f"acc_{f}" in controls.columns}
         above = [f for f, d in tests.items() if d["mean"] > 0 and d["p"] < ALPHA]
-        testable = bool(tests) and all(d["n"] >= 2 for d in tests.values())
+        testable = bool(tests) and all(d["n"] >= 2 and d["n_b"] >= 2 for d in tests.values())
         n = max((d["n"] for d in tests.values()), default=0)
-        lines.append(f"- Trained runs vs control (paired by seed: each seed's mean over its runs minus its own "
-                     f"untrained encoder, t test over {n} seed(s), {ALPHA:.0%}): "
+        lines.append(f"- Trained runs vs control (Welch t test, {ALPHA:.0%}: each seed's mean over its runs, {n} "
+                     f"seed(s), against the {len(controls)} untrained encoders; 95 % interval): "
                      + ", ".join(f"{f} {d['mean']:+.1f} points "
                                  + (f"[{d['low']:+.1f}, {d['high']:+.1f}], p = {d['p']:.2g}" if np.isfinite(d["p"])
                                     else "(untestable)")
@@ -149,13 +152,25 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
 
 
 def versus_control(table: pd.DataFrame, controls: pd.DataFrame, feature: str) -> dict[str, float]:
-    """Trained − untrained read-out of ``feature`` (points), paired by seed (:func:`paired_difference`).
+    """Trained − untrained read-out of ``feature`` (points): :func:`welch_difference` of the seeds' means
+    against every untrained encoder.
 
-    Each seed's trained value is the mean over its runs: the runs of one seed share the initial weights of
-    that seed's control, so they are not independent replicates of the comparison.
+    Each seed's trained value is the mean over its runs, which share that seed's initial weights, so seeds
+    (not runs) are the replicates. The untrained side is every control: more initialisations than seeds pin
+    down a floor that varies more between initialisations than trained read-outs do. A trained seed and its
+    own control share weights at the start; any positive correlation that leaves makes this test
+    conservative, not liberal.
     """
     trained = table.groupby("seed")[f"acc_{feature}"].mean()
-    return paired_difference(trained, controls.set_index("seed")[f"acc_{feature}"])
+    return welch_difference(trained, controls[f"acc_{feature}"])
+
+
+def _readout_line(linear: dict[str, Any]) -> str:
+    """How the read-outs were measured: the linear probe's epochs and whether its features were z-scored."""
+    epochs = linear.get("epochs", "?")
+    scaled = "z-scored (training split's mean and sd)" if linear.get("standardize") else "raw"
+    return (f"- Read-out: one linear classifier per feature on frozen, {scaled} encoder features, {epochs} epochs "
+            f"on the training split, accuracy on the held-out test split.")
 
 
 def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
@@ -167,7 +182,7 @@ def _verdict(near_chance: bool | None, above: list[str], features: list[str], no
         return (f"**Verdict: smoke test only.** The encoders have not left the chance regime ({why}); nothing "
                 f"below is evidence for or against the paper's claims.")
     if no_control:
-        return ("**Verdict:** without an untrained control (or with fewer than 2 seeds to pair with it) it is unknown "
+        return ("**Verdict:** without an untrained control (or with fewer than 2 seeds or 2 controls) it is unknown "
                 "which features training has improved.")
     tail = f"; {', '.join(rest)} is not read out better than from the untrained encoder, so comparisons on it say nothing" if rest else ""
     return f"**Verdict:** training moved {', '.join(above)} above the untrained encoder{tail}."

@@ -175,7 +175,7 @@ def _save_untrained(config: VisionConfig, run_dir: Path) -> None:
 def _check_or_save_study(study: StudyConfig, out: Path) -> None:
     """Write ``OUT/study.yaml``; refuse to mix runs of different settings in one folder.
 
-    Seeds and sweeps may grow (new runs join the study) and where the data
+    Seeds, controls and sweeps may grow (new runs join the study) and where the data
     lives may change (:data:`RUNTIME_FIELDS`); anything else is a different study.
     """
     path = out / "study.yaml"
@@ -184,7 +184,7 @@ def _check_or_save_study(study: StudyConfig, out: Path) -> None:
         now = cfg.flatten(cfg.to_dict(study))
         default = cfg.flatten(cfg.to_dict(StudyConfig()))  # fields newer than the saved file hold their default
         changed = sorted(k for k in saved.keys() | now.keys()
-                         if not k.startswith(("seeds", "sweeps", "scale")) and k not in RUNTIME_FIELDS
+                         if not k.startswith(("seeds", "controls", "sweeps", "scale")) and k not in RUNTIME_FIELDS
                          and saved.get(k, default.get(k)) != now.get(k))
         if changed:
             raise UserError(f"{path}: this folder holds a study with {changed[0]}={saved.get(changed[0])!r}, "
