@@ -15,7 +15,7 @@ and ``err_<feature>`` in percent) and writes one PNG atomically.
 
 Error bars appear only where a setting has at least 2 seeds. Every plot
 draws the :class:`References`: chance read-out (dashed), the untrained
-encoder's read-out (dotted) and, against the loss, InfoNCE at chance.
+encoder's read-out (dotted: mean, shaded: range) and, against the loss, InfoNCE at chance.
 """
 from __future__ import annotations
 
@@ -42,14 +42,21 @@ class References:
 
     chance: dict[str, float] = field(default_factory=dict)     # accuracy of always guessing the majority class
     control: dict[str, float] = field(default_factory=dict)    # mean accuracy of the untrained encoder
+    control_range: dict[str, tuple[float, float]] = field(default_factory=dict)   # lowest, highest untrained
     chance_loss: float | None = None                           # InfoNCE at chance, ln(2N − 1)
 
 
 def _reference_lines(ax: plt.Axes, refs: References, feature: str, error: bool = False, label: bool = True,
                      color: str = "0.35") -> None:
-    """Horizontal chance (dashed) and untrained-encoder (dotted) lines for ``feature`` (as error when ``error``)."""
+    """Horizontal chance (dashed) and untrained-encoder (dotted: mean; shaded: lowest to highest) lines for
+    ``feature`` (as error when ``error``)."""
+    low, high = refs.control_range.get(feature, (np.nan, np.nan))
+    if np.isfinite(low) and np.isfinite(high) and high > low:
+        span = (100 - high, 100 - low) if error else (low, high)
+        ax.axhspan(*span, color=color, alpha=0.12, linewidth=0, zorder=1,
+                   label="untrained encoders (range)" if label else None)
     for value, style, name in ((refs.chance.get(feature), "--", "chance"),
-                               (refs.control.get(feature), ":", "untrained encoder")):
+                               (refs.control.get(feature), ":", "untrained encoders (mean)")):
         if value is not None and np.isfinite(value):
             ax.axhline(100 - value if error else value, color=color, linestyle=style, linewidth=1.2, zorder=3,
                        label=name if label else None)
@@ -95,7 +102,7 @@ def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperatu
     axes[0].set_ylabel("linear read-out accuracy (%)")
     axes[0].legend()
     fig.suptitle("Read-out accuracy vs instance-discrimination difficulty (mean ± sd where ≥ 2 seeds; "
-                 "dashed: chance, dotted: untrained encoder)", fontsize=10)
+                 "dashed: chance, dotted and shaded: untrained encoders' mean and range)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -127,7 +134,8 @@ def plot_ifm(table: pd.DataFrame, features: Sequence[str], path: Path, refs: Ref
     axes[0, 0].set_ylabel("linear read-out accuracy (%)")
     axes[0, -1].legend(fontsize=8)
     spread = "mean ± sd over seeds" if summary["n"].min() >= 2 else "one seed per bar: no error bars"
-    fig.suptitle(f"IFM vs baseline ({spread}; dashed: chance, dotted: untrained encoder)", fontsize=10)
+    fig.suptitle(f"IFM vs baseline ({spread}; dashed: chance, dotted and shaded: untrained encoders' mean and "
+                 "range)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -17,6 +17,7 @@ from copd_ifm.cli import main
 from copd_ifm.errors import UserError
 from natural_images import studies as st
 from natural_images.config import LinearConfig
+from natural_images.studies import report
 from natural_images.linear import fit_linear
 from natural_images.trifeature import Trifeature, TrifeatureSpec
 
@@ -227,6 +228,9 @@ def test_extra_untrained_initialisations_pin_down_the_floor(tmp_path):
     assert "**Verdict:** training moved color, shape, texture above the untrained encoder" in text
     assert "z-scored (training split's mean and sd)" in text and "100 epochs" in text
     assert len(pd.read_csv(tmp_path / "controls.csv")) == 6
+    refs = report.references(pd.read_csv(tmp_path / "results.csv"), pd.read_csv(tmp_path / "controls.csv"),
+                             ["shape"])
+    assert refs.control["shape"] == pytest.approx(46.5) and refs.control_range["shape"] == (44.0, 49.0)
 
 
 def test_holm_adjusts_only_the_family_members_with_a_p():

@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.stats import holm, paired_difference, welch_difference
 from natural_images import study_plots
+from natural_images.config import LinearConfig
 from natural_images.studies.config import StudyConfig, data_size
 from natural_images.studies.plan import fmt, plan_runs
 from natural_images.studies.run import collect_results
@@ -72,13 +74,14 @@ def aggregate(study: StudyConfig, out: str | Path) -> pd.DataFrame:
 
 
 def references(table: pd.DataFrame, controls: pd.DataFrame, features: list[str]) -> study_plots.References:
-    """Chance read-out and InfoNCE (from the runs' ``chance_*`` columns) and the controls' mean read-out."""
+    """Chance read-out and InfoNCE (from the runs' ``chance_*`` columns) and the controls' mean and range."""
     refs = study_plots.References()
     for f in features:
         if f"chance_{f}" in table.columns:
             refs.chance[f] = float(table[f"chance_{f}"].mean())
         if f"acc_{f}" in controls.columns:
             refs.control[f] = float(controls[f"acc_{f}"].mean())
+            refs.control_range[f] = (float(controls[f"acc_{f}"].min()), float(controls[f"acc_{f}"].max()))
     if "chance_loss" in table.columns:
         refs.chance_loss = float(table["chance_loss"].mean())
     return refs
@@ -167,10 +170,10 @@ def versus_control(table: pd.DataFrame, controls: pd.DataFrame, feature: str) ->
 
 def _readout_line(linear: dict[str, Any]) -> str:
     """How the read-outs were measured: the linear probe's epochs and whether its features were z-scored."""
-    epochs = linear.get("epochs", "?")
-    scaled = "z-scored (training split's mean and sd)" if linear.get("standardize") else "raw"
-    return (f"- Read-out: one linear classifier per feature on frozen, {scaled} encoder features, {epochs} epochs "
-            f"on the training split, accuracy on the held-out test split.")
+    lin = cfg.from_dict(LinearConfig, linear, "run.linear")
+    scaled = "z-scored (training split's mean and sd)" if lin.standardize else "raw"
+    return (f"- Read-out: one linear classifier per feature on frozen, {scaled} encoder features, {lin.epochs} "
+            f"epochs on the training split, accuracy on the held-out test split.")
 
 
 def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
