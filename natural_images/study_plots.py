@@ -101,7 +101,7 @@ def plot_difficulty(table: pd.DataFrame, features: Sequence[str], beta_temperatu
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("linear read-out accuracy (%)")
     axes[0].legend()
-    fig.suptitle("Read-out accuracy vs instance-discrimination difficulty (mean ± sd where ≥ 2 seeds; "
+    fig.suptitle("Read-out accuracy vs instance-discrimination difficulty\n(mean ± sd where ≥ 2 seeds; "
                  "dashed: chance, dotted and shaded: untrained encoders' mean and range)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
