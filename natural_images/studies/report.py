@@ -10,7 +10,8 @@ baseline is a paired difference over seeds with a 95 % t interval and a
 Holm-adjusted p over the study's cells; a cell counts as improved (or worse)
 only when that adjusted p is below 5 %, and only on a feature that training
 moved above the untrained encoder (on any other, the read-out is that of a
-random network and a difference says nothing about suppression).
+random network and a difference says nothing about suppression). A difficulty
+sweep's one-way ANOVAs (per swept field and feature) are Holm-adjusted together.
 """
 from __future__ import annotations
 
