@@ -1,5 +1,5 @@
-"""Paired and two-sample comparisons over seeds and their Holm correction, shared by every study report (part of the floor:
-numpy, scipy, pandas and statsmodels only)."""
+"""Paired and two-sample comparisons over seeds and their Holm correction, shared by every study report
+(part of the floor: numpy, scipy, pandas and statsmodels only)."""
 from __future__ import annotations
 
 import math

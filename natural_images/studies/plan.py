@@ -1,4 +1,4 @@
-"""The runs of a study: sweep points × seeds, plus untrained-encoder controls (one per seed at least), and each run's config."""
+"""The runs of a study: sweep points × seeds, untrained-encoder controls (at least one per seed), each run's config."""
 from __future__ import annotations
 
 import itertools
@@ -43,7 +43,7 @@ def plan_runs(study: StudyConfig) -> list[RunPlan]:
 
 
 def plan_controls(study: StudyConfig) -> list[RunPlan]:
-    """Untrained-encoder read-outs of seeds 0..max(seeds, controls)−1 (``study.control``), with the shared run settings.
+    """Untrained-encoder read-outs of seeds 0..max(seeds, controls)−1 (``study.control``), shared run settings.
 
     Seeds beyond the study's are extra random initialisations: they pin down the untrained floor, whose
     read-out varies more between initialisations than the trained runs' does.

@@ -134,8 +134,9 @@ def scale_and_limits(study: StudyConfig, table: pd.DataFrame, controls: pd.DataF
         lines.append(f"- No untrained-encoder control ({why}): read-outs cannot be told apart from what a random "
                      f"network gives.")
     else:
-        lines.append(f"- Untrained-encoder control (same architecture, {len(controls)} random initialisation(s) "
-                     f"including each seed's, same linear read-out): "
+        seeds = (f", seeds {controls['seed'].min()}–{controls['seed'].max()}" if "seed" in controls.columns else "")
+        lines.append(f"- Untrained-encoder control (same architecture, {len(controls)} random initialisation(s)"
+                     f"{seeds}, same linear read-out): "
                      + ", ".join(f"{f} {_pm(controls[f'acc_{f}'].mean(), controls[f'acc_{f}'].std(), len(controls))} %"
                                  for f in features if f"acc_{f}" in controls.columns) + ".")
         tests = {f: versus_control(table, controls, f) for f in features if f"acc_{f}" in controls.columns}
