@@ -100,11 +100,13 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "| 1 | 90.5 ± 0.7 |" in text                                # colour at τ = 1: seeds 0 and 1 → 90, 91
     # colour vs τ by hand: groups (x, x + 1) at 40τ = 2, 4, 8, 20, 40 (mean 14.8): SS between 2·988.8, df 4;
-    # SS within 5 × 0.5, df 5, so F = 988.8. Shape (both sweeps) and texture vs β differ without spread (p 0),
-    # texture vs τ and colour vs β do not differ (p 1): Holm ranks colour 4th of 6, so 3 × p
+    # SS within 5 × 0.5, df 5, so F = 988.8. Shape (both sweeps) and texture vs β differ without any spread
+    # between seeds: untestable, never a "yes". Texture vs τ and colour vs β do not differ (p 1), so Holm
+    # runs over 3 tests and ranks colour first: 3 × p
     p_color = stats.f.sf(988.8, 4, 5)
     assert f"color p = {p_color:.2g} (Holm {3 * p_color:.2g}, yes)" in text
-    assert "texture p = 1 (Holm 1, no)." in text and "Holm over the 6 ANOVAs of this study" in text
+    assert "texture p = 1 (Holm 1, no)." in text and "Holm over the 3 testable ANOVAs of this study" in text
+    assert "shape untestable (the same accuracies in every seed)" in text
     assert "Best temperature per feature (highest mean; a finding only where the test below says yes): color 1, shape 0.05" in text
     assert "Best hcl_beta per feature (highest mean; a finding only where the test below says yes): color 0, shape 0, texture 4." in text
 

@@ -282,28 +282,29 @@ def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: floa
                       f"may be noise.", ""]
             continue
         parts = [f"{f} p = {raw[key, f]:.2g} (Holm {adjusted[key, f]:.2g}, "
-                 f"{'yes' if adjusted[key, f] < ALPHA else 'no'})" for f in features]
-        lines += [f"Does {key} change the accuracy (one-way ANOVA over seeds; Holm over the {len(raw)} ANOVAs of "
-                  f"this study, {ALPHA:.0%})? " + ", ".join(parts) + ".", ""]
+                 f"{'yes' if adjusted[key, f] < ALPHA else 'no'})" if np.isfinite(raw[key, f])
+                 else f"{f} untestable (the same accuracies in every seed)" for f in features]
+        lines += [f"Does {key} change the accuracy (one-way ANOVA over seeds; Holm over the "
+                  f"{int(adjusted.notna().sum())} testable ANOVAs of this study, {ALPHA:.0%})? "
+                  + ", ".join(parts) + ".", ""]
     return lines
 
 
 def sweep_anova(rows: pd.DataFrame, key: str, features: list[str]) -> dict[str, float] | None:
     """Per feature, the p of a one-way ANOVA of accuracy over the values of ``key`` (seeds as replicates);
     ``None`` when some value has fewer than 2 seeds. No spread within any value: p is 1 when every value has
-    the same mean, else 0 (the values differ in every seed)."""
+    the same mean, else NaN (nothing to test, as for an IFM difference identical in every seed)."""
     groups = [g for _, g in rows.groupby(key)]
     if len(groups) < 2 or min(len(g) for g in groups) < 2:
         return None
     out = {}
     for f in features:
+        if not any(g[f"acc_{f}"].std() > 0 for g in groups):
+            out[f] = 1.0 if rows.groupby(key)[f"acc_{f}"].mean().nunique() == 1 else np.nan
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            p = float(stats.f_oneway(*[g[f"acc_{f}"] for g in groups]).pvalue)
-        spread = any(g[f"acc_{f}"].std() > 0 for g in groups)
-        if not np.isfinite(p):
-            p = 1.0 if not spread and rows.groupby(key)[f"acc_{f}"].mean().nunique() == 1 else 0.0
-        out[f] = p
+            out[f] = float(stats.f_oneway(*[g[f"acc_{f}"] for g in groups]).pvalue)
     return out
 
 
