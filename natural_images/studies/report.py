@@ -262,7 +262,8 @@ def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: floa
               (("temperature", base[base["hcl_beta"] == 0], "τ (β = 0)"),
                ("hcl_beta", base[(base["temperature"] - beta_tau).abs() < 1e-12], f"β (τ = {beta_tau:g})"))
               if not rows.empty]
-    raw = {(key, f): p for key, rows, _ in sweeps for f, p in (sweep_anova(rows, key, features) or {}).items()}
+    tests = {key: sweep_anova(rows, key, features) for key, rows, _ in sweeps}
+    raw = {(key, f): p for key, ps in tests.items() for f, p in (ps or {}).items()}
     adjusted = holm(pd.Series(raw, dtype=float)) if raw else pd.Series(dtype=float)
     lines = ["Paper (Fig. 3): large τ / small β favours colour; small τ / large β favours texture and shape "
              "at colour's expense.", ""]
@@ -277,7 +278,7 @@ def _difficulty_summary(table: pd.DataFrame, features: list[str], beta_tau: floa
         best = {f: fmt(float(summary.loc[summary[f"acc_{f}_mean"].idxmax(), key])) for f in features}
         lines += ["", "Best " + key + " per feature (highest mean; a finding only where the test below says yes): "
                   + ", ".join(f"{f} {v}" for f, v in best.items()) + "."]
-        if (key, features[0]) not in raw:
+        if tests[key] is None:
             lines += [f"Whether {key} matters at all is untestable with one seed per value: the best values above "
                       f"may be noise.", ""]
             continue
