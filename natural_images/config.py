@@ -108,16 +108,23 @@ class MoCoConfig:
 
 @dataclass
 class AdCoConfig:
-    """AdCo's learnable negatives; the encoders, head and momentum come from the ``moco`` section."""
+    """AdCo's learnable negatives (``maple-research-lab/AdCo`` defaults); the encoders, head and key momentum
+    come from the ``moco`` section, the encoder temperature from ``loss``."""
 
-    n_negatives: int = 4096                # bank size K (rows [K, moco.dim])
-    lr_neg: float = 3.0                    # gradient-ascent rate of the bank (AdCo paper, ImageNet)
-    tau_neg: float = 0.02                  # temperature of the bank's own loss (AdCo paper, ImageNet)
+    n_negatives: int = 65536               # bank size K (rows [K, moco.dim]); official --cluster
+    lr_neg: float = 3.0                    # bank SGD rate (official --memory_lr, constant)
+    tau_neg: float = 0.02                  # temperature of the bank's loss (official --mem_t)
+    momentum: float = 0.9                  # bank SGD momentum (official: --momentum, shared with the encoder)
+    weight_decay: float = 1.0e-4           # bank weight decay (official --mem_wd)
+    ad_init: bool = True                   # fill the bank with keys in a first pass, training the encoder
 
     def validate(self) -> None:
         if self.n_negatives < 1 or self.lr_neg <= 0 or self.tau_neg <= 0:
             raise ValueError(f"need n_negatives >= 1, lr_neg > 0, tau_neg > 0; got {self.n_negatives}, "
                              f"{self.lr_neg}, {self.tau_neg}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0; got {self.momentum}, "
+                             f"{self.weight_decay}")
 
 
 @dataclass
