@@ -141,17 +141,28 @@ class KNNConfig:
 
 @dataclass
 class LinearConfig:
-    """Linear classifier on frozen, precomputed features."""
+    """Linear classifier on the frozen encoder: on cached features (default) or on augmented images (``augment``)."""
 
     epochs: int = 100
     batch_size: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
     milestones: list[int] = field(default_factory=list)   # step decay ×0.1 at these epochs (replaces optim.schedule)
     standardize: bool = False              # z-score features with the training split's mean and sd first
+    augment: bool = False                  # official protocol: train on RandomResizedCrop + flip views, encoded
+                                           # on the fly (slow); False: features cached once, no augmentation
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.augment and self.standardize:
+            raise ValueError("linear.augment and linear.standardize exclude each other (the statistics need "
+                             "cached features); set one to false")
+
+    @property
+    def readout(self) -> str:
+        """How the classifier was trained, for every report that quotes its accuracy."""
+        return ("augmented images (official protocol: RandomResizedCrop + flip through the frozen encoder)"
+                if self.augment else "cached features (eval transform, no augmentation)")
 
 
 @dataclass
