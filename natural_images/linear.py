@@ -124,7 +124,8 @@ def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearCo
 def fit_linear_augmented(encoder: nn.Module, train_set: Dataset, column: int, num_classes: int, in_dim: int,
                          lin: LinearConfig, device: torch.device, seed: int = 0, workers: int = 0,
                          amp: bool = False, channels_last: bool = False, test_x: Tensor | None = None,
-                         test_y: Tensor | None = None, desc: str = "linear") -> tuple[nn.Linear, list[dict[str, float]]]:
+                         test_y: Tensor | None = None,
+                         desc: str = "linear") -> tuple[nn.Linear, list[dict[str, float]]]:
     """The official protocol: ``Linear(in_dim, num_classes)`` on the frozen ``encoder``'s features of
     ``train_set``'s (augmenting) images, label column ``column`` (rows labelled < 0 are skipped).
 

@@ -19,9 +19,11 @@ from torch import nn
 
 from copd_ifm import config as cfg
 from copd_ifm.contrastive import ContrastiveLoss
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from natural_images.config import VisionConfig, default_config_name, load_vision_config
 from natural_images.methods import AdCo, MoCoV2, adco_fill_bank, adco_negative_step, build_model
+from natural_images.run import load_model
 
 MOCO_T, MEM_T, MEM_LR, MOMENTUM, MEM_WD = 0.12, 0.02, 3.0, 0.9, 1e-4
 
@@ -200,14 +202,21 @@ def test_training_runs_the_ad_init_pass_once_then_refuses_a_bank_one_epoch_canno
     from natural_images.train import pretrain
 
     write_cifar10(tmp_path / "data")  # 20 images: 2 steps of 8 per epoch
-    items = [f"data.root={tmp_path / 'data'}", "data.verify=false", "data.crop_size=8", "data.eval_size=8", "knn.every=0",
-             "method=adco", "adco.n_negatives=12", "epochs=2"]
+    items = [f"data.root={tmp_path / 'data'}", "data.verify=false", "data.crop_size=8", "data.eval_size=8",
+             "knn.every=0", "method=adco", "adco.n_negatives=12", "epochs=2"]
     pretrain(load_vision_config("cpu_tiny", overrides=items), tmp_path / "run", device="cpu")
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics[metrics["key"] == "adco_init_loss"]["step"].tolist() == [1, 2]  # ceil(12 / 8), epoch 1 only
     assert metrics[metrics["key"] == "loss"]["step"].tolist() == [3, 4, 5, 6]
     history = json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_done"]
     assert history == 2
+    # a checkpoint without the bank's momentum (an AdCo run of an older version) is named, not a traceback
+    ckpt = Checkpointer(tmp_path / "run")
+    state = ckpt.load()
+    del state["model"]["bank_velocity"]
+    ckpt.save(state)
+    with pytest.raises(UserError, match="lacks bank_velocity .*retrain"):
+        load_model(tmp_path / "run")
     with pytest.raises(UserError, match="ad_init"):
         pretrain(load_vision_config("cpu_tiny", overrides=items[:-2] + ["method=adco", "adco.n_negatives=64"]),
                  tmp_path / "big", device="cpu")
