@@ -60,6 +60,13 @@ def eval_transform(size: int, resize: float, mean: Sequence[float], std: Sequenc
                       + _to_normalised(mean, std))
 
 
+def linear_train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """The official linear protocol's training view (MoCo ``main_lincls.py``): ``RandomResizedCrop(size)`` at
+    torchvision's default scale (0.08, 1), horizontal flip → ``[3, size, size]`` float32."""
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+                      + _to_normalised(mean, std))
+
+
 class TwoViews:
     """Apply ``transform`` twice to one image: the positive pair ``(view1, view2)``."""
 

@@ -108,16 +108,23 @@ class MoCoConfig:
 
 @dataclass
 class AdCoConfig:
-    """AdCo's learnable negatives; the encoders, head and momentum come from the ``moco`` section."""
+    """AdCo's learnable negatives (``maple-research-lab/AdCo`` defaults); the encoders, head and key momentum
+    come from the ``moco`` section, the encoder temperature from ``loss``."""
 
-    n_negatives: int = 4096                # bank size K (rows [K, moco.dim])
-    lr_neg: float = 3.0                    # gradient-ascent rate of the bank (AdCo paper, ImageNet)
-    tau_neg: float = 0.02                  # temperature of the bank's own loss (AdCo paper, ImageNet)
+    n_negatives: int = 65536               # bank size K (rows [K, moco.dim]); official --cluster
+    lr_neg: float = 3.0                    # bank SGD rate (official --memory_lr, constant)
+    tau_neg: float = 0.02                  # temperature of the bank's loss (official --mem_t)
+    momentum: float = 0.9                  # bank SGD momentum (official: --momentum, shared with the encoder)
+    weight_decay: float = 1.0e-4           # bank weight decay (official --mem_wd)
+    ad_init: bool = True                   # fill the bank with keys in a first pass, training the encoder
 
     def validate(self) -> None:
         if self.n_negatives < 1 or self.lr_neg <= 0 or self.tau_neg <= 0:
             raise ValueError(f"need n_negatives >= 1, lr_neg > 0, tau_neg > 0; got {self.n_negatives}, "
                              f"{self.lr_neg}, {self.tau_neg}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0; got {self.momentum}, "
+                             f"{self.weight_decay}")
 
 
 @dataclass
@@ -134,17 +141,28 @@ class KNNConfig:
 
 @dataclass
 class LinearConfig:
-    """Linear classifier on frozen, precomputed features."""
+    """Linear classifier on the frozen encoder: on cached features (default) or on augmented images (``augment``)."""
 
     epochs: int = 100
     batch_size: int = 512
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, weight_decay=1e-6))
     milestones: list[int] = field(default_factory=list)   # step decay ×0.1 at these epochs (replaces optim.schedule)
     standardize: bool = False              # z-score features with the training split's mean and sd first
+    augment: bool = False                  # official protocol: train on RandomResizedCrop + flip views, encoded
+                                           # on the fly (slow); False: features cached once, no augmentation
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.augment and self.standardize:
+            raise ValueError("linear.augment and linear.standardize exclude each other (the statistics need "
+                             "cached features); set one to false")
+
+    @property
+    def readout(self) -> str:
+        """How the classifier was trained, for every report that quotes its accuracy."""
+        return ("augmented images (official protocol: RandomResizedCrop + flip through the frozen encoder)"
+                if self.augment else "cached features (eval transform, no augmentation)")
 
 
 @dataclass

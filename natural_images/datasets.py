@@ -307,6 +307,19 @@ def label_names(dataset: Dataset) -> list[str]:
     return list(getattr(base, "features", None) or ["class"])
 
 
+def dataset_labels(dataset: Dataset) -> Tensor:
+    """All labels ``[N, L]`` int64 of ``dataset`` without decoding images where the dataset lists them
+    (``targets``, or torchvision STL10's ``labels``; through a ``Subset``'s indices); else item by item."""
+    base, index = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else (dataset, None)
+    listed = getattr(base, "targets", None)
+    if listed is None:
+        listed = getattr(base, "labels", None)
+    if listed is None:
+        return as_label_matrix(torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))]))
+    labels = as_label_matrix(torch.as_tensor(listed))
+    return labels if index is None else labels[index]
+
+
 def as_label_matrix(labels: Any) -> Tensor:
     """A collated label batch → ``[B, F]`` int64.
 

@@ -40,7 +40,12 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
     if not ckpt.exists():
         raise UserError(f"{ckpt.path} not found: the run has not finished an epoch yet")
     model = build_model(run_cfg, image_sizes(run_cfg.data)[0])
-    model.load_state_dict(ckpt.load("cpu")["model"])
+    state = ckpt.load("cpu")["model"]
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:  # e.g. an AdCo run saved before its bank had momentum (bank_velocity, bank_filled)
+        raise UserError(f"{ckpt.path}: lacks {', '.join(missing[:3])} that the model of its config.yaml has "
+                        f"(saved by an older version of {run_cfg.method}); retrain the run")
+    model.load_state_dict(state)
     return model.to(device).eval(), run_cfg
 
 

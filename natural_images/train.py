@@ -15,9 +15,10 @@ and augmentation seeds of epoch ``e`` depend only on (seed, e, rank), so
 """
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -39,7 +40,7 @@ from natural_images.datasets import build_dataset, dataset_spec, image_sizes, la
 from natural_images.features import extract_features
 from natural_images.gpu_augment import augment_on_device, build_batch_augment, dataset_images
 from natural_images.knn import knn_accuracy
-from natural_images.methods import AdCo, adco_negative_step, build_model
+from natural_images.methods import AdCo, adco_fill_bank, adco_negative_step, build_model
 from natural_images.plots import plot_pretrain
 from natural_images.run import read_summary, update_summary
 
@@ -105,20 +106,25 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
     # the on-device generator of the batch-wise views.
     device_gen = torch.Generator(device=dev)
 
-    def plan(epoch: int, _: int) -> tuple[DataLoader, int]:
+    def loader(epoch: int, salt: int = 0) -> DataLoader:
         sampler.set_epoch(epoch)
-        epoch_seed = (config.seed * 1_000_003 + epoch) * 1009 + info.rank
+        epoch_seed = (config.seed * 1_000_003 + epoch) * 1009 + info.rank + salt
         device_gen.manual_seed(epoch_seed)
         return DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
-                          pin_memory=cuda, drop_last=True,
-                          generator=torch.Generator().manual_seed(epoch_seed)), steps_per_epoch
+                          pin_memory=cuda, drop_last=True, generator=torch.Generator().manual_seed(epoch_seed))
 
-    def step(batch: Any) -> StepOutput:
+    def plan(epoch: int, _: int) -> tuple[DataLoader, int]:
+        return loader(epoch), steps_per_epoch
+
+    def views(batch: Any) -> tuple[Tensor, Tensor]:
         if on_device:
             x1, x2 = batch_views.two_views(batch.to(dev, non_blocking=True), device_gen)
         else:
             (x1, x2), _ = batch
-        x1, x2 = _to_device(x1, dev, channels_last), _to_device(x2, dev, channels_last)
+        return _to_device(x1, dev, channels_last), _to_device(x2, dev, channels_last)
+
+    def step(batch: Any) -> StepOutput:
+        x1, x2 = views(batch)
         pos, neg = model(x1, x2)
         return StepOutput(pos, neg, x1.shape[0])
 
@@ -127,15 +133,46 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
             return _knn_monitor(net.encoder, bank_set, test_set, config, dev, amp, channels_last, per_rank)
         return {}
 
-    # AdCo: after each encoder step the negative bank takes a gradient-ascent step of its own.
-    after = ((lambda out: adco_negative_step(net, out.pos, config.adco.lr_neg, config.adco.tau_neg))
-             if isinstance(net, AdCo) else None)
+    phases = [Phase("", "images", optimizer, scheduler, plan, step, log_every=config.log_every)]
+    if isinstance(net, AdCo):
+        phases = _adco_phases(net, model, config, phases[0], loader, views, steps_per_epoch)
     started = time.time()
-    phase = Phase("", "images", optimizer, scheduler, plan, step, log_every=config.log_every, after_step=after)
-    fit(net, [phase], ContrastiveLoss.from_config(config.loss), run_dir, config.epochs, dev, amp=amp, resume=resume,
+    fit(net, phases, ContrastiveLoss.from_config(config.loss), run_dir, config.epochs, dev, amp=amp, resume=resume,
         config=cfg.to_dict(config), evaluate=evaluate,
         report=lambda history: _write_epoch_outputs(run_dir, config, history, world, dev, time.time() - started))
     return read_summary(run_dir)
+
+
+def _adco_phases(net: AdCo, model: nn.Module, config: VisionConfig, main: Phase, loader: Callable[..., DataLoader],
+                 views: Callable[[Any], tuple[Tensor, Tensor]], steps_per_epoch: int) -> list[Phase]:
+    """AdCo as the official code runs it: after each encoder step the bank takes its own SGD step; with
+    ``adco.ad_init`` a first phase (epoch 1 only, before the first epoch, at the base rate) trains the encoder
+    against the bank alone while filling the bank with the gathered keys, ``ceil(K / batch)`` steps."""
+    a = config.adco
+    main.after_step = lambda out: adco_negative_step(net, out.pos, out.neg, a.lr_neg, a.tau_neg, a.momentum,
+                                                     a.weight_decay)
+    if int(net.bank_filled) == net.bank_size:
+        return [main]
+    n_fill = -(-net.bank_size // config.batch_size)
+    if n_fill > steps_per_epoch:
+        raise UserError(f"adco.n_negatives {net.bank_size}: one epoch gives {steps_per_epoch * config.batch_size} "
+                        f"keys, too few for the ad_init pass to fill the bank; lower adco.n_negatives or set "
+                        f"adco.ad_init=false")
+
+    def plan(epoch: int, _: int) -> tuple[Any, int]:
+        # Salted: the warm-up sees the first epoch's images in its order, as the official code, not its views.
+        return (itertools.islice(loader(epoch, salt=7919), n_fill), n_fill) if epoch == 0 else ((), 0)
+
+    def step(batch: Any) -> StepOutput:
+        x1, x2 = views(batch)
+        pos, neg = model(x1, x2, warmup=True)
+        return StepOutput(pos, neg, x1.shape[0])
+
+    start = main.scheduler.lr_lambdas[0](0)  # the rate the main schedule starts at (official: args.lr)
+    constant = torch.optim.lr_scheduler.LambdaLR(main.optimizer, lambda _: start)
+    warmup = Phase("adco_init", "images", main.optimizer, constant, plan, step, log_every=config.log_every,
+                   after_step=lambda _: adco_fill_bank(net))
+    return [warmup, main]
 
 
 def _to_device(x: Tensor, dev: torch.device, channels_last: bool) -> Tensor:

@@ -96,9 +96,9 @@ def test_every_dataset_method_pair_with_a_config_loads_and_unknown_names_are_nam
     assert load_vision_config("trifeature_simclr").data.crop_size == 128     # no folder: the spec's size
     with pytest.raises(UserError, match=r"unknown dataset 'foo' \(known: .*cifar10.*folder"):
         default_config_name("foo", "simclr")
-    with pytest.raises(UserError, match="no default config imagenet100_simclr.yaml .*methods with one: moco"):
+    with pytest.raises(UserError, match="no default config imagenet100_simclr.yaml .*methods with one: adco, moco"):
         default_config_name("imagenet100", "simclr")
-    named = {p.stem.rsplit("_", 1)[0] for p in VISION_CONFIG_DIR.glob("*_*.yaml") if p.stem.endswith(("_simclr", "_moco"))}
+    named = {p.stem.rsplit("_", 1)[0] for p in VISION_CONFIG_DIR.glob("*_*.yaml") if p.stem.endswith(("_simclr", "_moco", "_adco"))}
     assert named <= set(available_datasets())
 
 

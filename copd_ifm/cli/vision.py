@@ -57,6 +57,7 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
     for label, acc in result["top1"].items():
         print(f"{result['dataset']} {label}: linear top-1 {acc:.2f}% "
               f"({result['train_size']} train / {result['test_size']} test images)")
+    print(f"read-out: {result['readout']}")
     print(f"results: {args.run}/linear.json, linear.csv, linear.png")
     return 0
 

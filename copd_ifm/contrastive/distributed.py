@@ -130,9 +130,10 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-#: Buffers that every rank keeps identical by construction (MoCo queues are filled with gathered keys),
-#: so DistributedDataParallel must not broadcast them each step (575 queues × 4096 × 128 floats ≈ 1.2 GB).
-LOCAL_BUFFERS = ("queue", "queue_ptr")
+#: Buffers that every rank keeps identical by construction (MoCo queues are filled with gathered keys, AdCo's
+#: bank momentum with all-reduced gradients), so DistributedDataParallel must not broadcast them each step
+#: (575 queues × 4096 × 128 floats ≈ 1.2 GB; AdCo's 65536 × 128 velocity 32 MB).
+LOCAL_BUFFERS = ("queue", "queue_ptr", "bank_velocity", "bank_filled")
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

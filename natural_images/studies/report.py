@@ -171,11 +171,15 @@ def versus_control(table: pd.DataFrame, controls: pd.DataFrame, feature: str) ->
 
 
 def _readout_line(linear: dict[str, Any]) -> str:
-    """How the read-outs were measured: the linear probe's epochs and whether its features were z-scored."""
+    """How the read-outs were measured: cached or augmented, the probe's epochs, whether features were z-scored."""
     lin = cfg.from_dict(LinearConfig, linear, "run.linear")
+    if lin.augment:
+        return (f"- Read-out: one linear classifier per feature trained on {lin.readout}, {lin.epochs} epochs on "
+                f"the training split, accuracy on the held-out test split.")
     scaled = "z-scored (training split's mean and sd)" if lin.standardize else "raw"
-    return (f"- Read-out: one linear classifier per feature on frozen, {scaled} encoder features, {lin.epochs} "
-            f"epochs on the training split, accuracy on the held-out test split.")
+    return (f"- Read-out: one linear classifier per feature on frozen, {scaled} encoder features cached once "
+            f"(eval transform, no augmentation), {lin.epochs} epochs on the training split, accuracy on the "
+            f"held-out test split.")
 
 
 def _verdict(near_chance: bool | None, above: list[str], features: list[str], no_control: bool) -> str:
