@@ -67,6 +67,37 @@ class RegistrationConfig:
 
 
 @dataclass
+class DicomConfig:
+    """How a DICOM folder becomes one CT volume (see :mod:`copd_ifm.ct.dicom`)."""
+
+    slice_step_tolerance: float = 0.05   # a slice step may differ from the median step by this fraction
+    uneven: str = "refuse"               # "refuse" uneven slice steps, or "resample" onto a uniform grid
+    resample_max_step_mm: float = 5.0    # "resample": larger steps are still refused as missing slices
+    min_slices: int = 10
+    kernel_preference: list[str] = field(default_factory=list)   # fnmatch patterns, best first, e.g. ["B3*f"]
+
+    def validate(self) -> None:
+        if self.uneven not in {"refuse", "resample"}:
+            raise ValueError(f"dicom.uneven must be 'refuse' or 'resample', got {self.uneven!r}")
+        if not 0 < self.slice_step_tolerance < 0.5:
+            raise ValueError(f"dicom.slice_step_tolerance must be in (0, 0.5), got {self.slice_step_tolerance}")
+        if self.min_slices < 2:
+            raise ValueError(f"dicom.min_slices must be >= 2, got {self.min_slices}")
+
+
+@dataclass
+class FovConfig:
+    """Field-of-view gates: lungs cut by the scan range or the reconstruction circle fail the subject."""
+
+    max_edge_fraction: float = 0.1       # lung on a face of the image / the largest lung section parallel to it
+    max_landmarks_outside: float = 0.02  # share of patches with at least half their voxels outside the image
+
+    def validate(self) -> None:
+        if not 0 < self.max_edge_fraction <= 1 or not 0 <= self.max_landmarks_outside <= 1:
+            raise ValueError("fov.max_edge_fraction must be in (0, 1], fov.max_landmarks_outside in [0, 1]")
+
+
+@dataclass
 class CohortConfig:
     """A cohort: where its manifest is and how to turn it into a patch store."""
 
@@ -81,6 +112,8 @@ class CohortConfig:
     store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>-<hash>
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    fov: FovConfig = field(default_factory=FovConfig)
     synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
     # Pretrain fields this cohort's size needs (dotted keys as for --set), applied after the pretrain YAML.
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)

@@ -51,7 +51,8 @@ def check_lung_volume(mask: sitk.Image, min_volume_l: float) -> float:
     """Lung volume in litres; SubjectError when it is below ``min_volume_l`` (empty or implausible mask)."""
     volume = lung_volume_l(mask)
     if volume < min_volume_l:
-        raise SubjectError(f"implausible lung mask: volume {volume:.3g} L < {min_volume_l:g} L")
+        raise SubjectError(f"implausible lung mask: volume {volume:.3g} L < {min_volume_l:g} L",
+                           code="lung_volume")
     return volume
 
 

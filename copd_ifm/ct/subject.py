@@ -103,7 +103,7 @@ def process_subject(task: SubjectTask, settings: Settings) -> dict[str, Any]:
     try:
         with _stage(record, "read"):
             if task.image is None:
-                raise SubjectError("manifest row has no image path")
+                raise SubjectError("manifest row has no image path", code="no_image")
             record["inputs"] = {"image": st.input_identity(task.image), "mask": st.input_identity(task.lung_mask)}
             image = read_image(task.image)
             check_hounsfield(image, task.image.name)
