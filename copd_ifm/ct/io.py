@@ -25,7 +25,8 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
-from copd_ifm.ct.dicom import read_dicom_folder
+from copd_ifm.cohort.config import DicomConfig
+from copd_ifm.ct.dicom import SeriesRead, read_dicom_folder
 from copd_ifm.ct.errors import SubjectError
 
 #: Value written where a resampled CT has no data (air).
@@ -89,17 +90,32 @@ def _check_nifti_complete(path: Path) -> None:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read one 3-D scalar image (file or DICOM series folder).
+    """Read one 3-D scalar image (file or DICOM series folder, default series rule); see :func:`read_ct`."""
+    return read_ct(path)[0]
+
+
+def read_ct(path: str | Path, dicom: DicomConfig | None = None,
+            series_uid: str = "") -> tuple[sitk.Image, SeriesRead | None]:
+    """``(image, the DICOM series read or None for a file)`` of a file or DICOM folder.
 
     Raises SubjectError when the path is missing, the file is unreadable,
-    corrupt or truncated, or the image is not a 3-D scalar volume with at
+    corrupt or truncated, a DICOM folder fails the checks of
+    :mod:`copd_ifm.ct.dicom`, or the image is not a 3-D scalar volume with at
     least 2 voxels per axis.
     """
     path = Path(path)
     if not path.exists():
         raise SubjectError(f"image not found: {path}", code="not_found")
+    if series_uid and not path.is_dir():
+        raise SubjectError(f"series_uid {series_uid} given but {path.name} is a file, not a DICOM folder; clear "
+                           "the manifest's series_uid for this row", code="series_not_found")
+    series = None
     try:
-        image = read_dicom_folder(path).image if path.is_dir() else sitk.ReadImage(str(path))
+        if path.is_dir():
+            series = read_dicom_folder(path, dicom, series_uid)
+            image = series.image
+        else:
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise SubjectError(f"cannot read {path.name}: {_itk_reason(exc)}", code="unreadable") from exc
     if path.name.endswith((".nii", ".nii.gz")):
@@ -113,7 +129,7 @@ def read_image(path: str | Path) -> sitk.Image:
     if min(image.GetSize()) < 2:
         raise SubjectError(f"{path.name} has size {image.GetSize()}: a single slice, not a 3-D volume",
                            code="too_few_slices")
-    return image
+    return image, series
 
 
 def check_hounsfield(image: sitk.Image, name: str = "image") -> None:
