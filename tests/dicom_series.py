@@ -63,3 +63,15 @@ def axial_positions(n: int, step: float = 1.0, start=(-40.0, -30.0, -200.0)) -> 
 def stored_values(n: int, rows: int = 6, cols: int = 5, seed: int = 0) -> np.ndarray:
     """Random uint16 stored values (HU + 1024 for intercept -1024) of ``n`` slices."""
     return np.random.default_rng(seed).integers(0, 1300, size=(n, rows, cols)).astype(np.uint16)
+
+
+def series_from_image(image, folder: Path, **kw) -> list[Path]:
+    """A SimpleITK CT in HU (int16) written as a pydicom series with the image's geometry (intercept -1024)."""
+    import SimpleITK as sitk
+
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    orientation = tuple(direction[:, 0]) + tuple(direction[:, 1])
+    positions = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(image.GetDepth())]
+    stored = (sitk.GetArrayFromImage(image).astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16)
+    spacing = image.GetSpacing()
+    return write_series(folder, stored, positions, orientation=orientation, pixel_mm=(spacing[1], spacing[0]), **kw)

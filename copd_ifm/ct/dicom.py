@@ -153,17 +153,17 @@ def _new_series(ds: pydicom.Dataset) -> Series:
                   transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "") or ""))
 
 
-def scan_folder(folder: Path) -> tuple[list[Series], int]:
-    """``(series, number of non-DICOM files)`` under ``folder`` (recursive), series in the order first seen."""
+def scan_folder(folder: Path) -> tuple[list[Series], list[Path]]:
+    """``(series, files that are not DICOM)`` under ``folder`` (recursive), series in the order first seen."""
     groups: dict[tuple, Series] = {}
-    skipped = 0
+    skipped: list[Path] = []
     for root, _, names in sorted(os.walk(folder)):
         for name in sorted(names):
             path = Path(root) / name
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
             except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
-                skipped += 1        # pydicom raises several types for non-DICOM or damaged headers
+                skipped.append(path)   # pydicom raises several types for non-DICOM or damaged headers
                 continue
             orientation = _floats(ds, "ImageOrientationPatient", 6)
             spacing = _floats(ds, "PixelSpacing", 2) or (0.0, 0.0)
@@ -368,7 +368,7 @@ def scan_or_refuse(folder: Path) -> list[Series]:
     """The series under ``folder``; SubjectError when there is none."""
     series, skipped = scan_folder(folder)
     if not series:
-        raise SubjectError(f"no DICOM series in folder {folder} ({skipped} file(s), none readable as DICOM); give "
+        raise SubjectError(f"no DICOM series in folder {folder} ({len(skipped)} file(s), none readable as DICOM); give "
                            "the folder of one CT series", code="no_dicom")
     return series
 
