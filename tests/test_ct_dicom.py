@@ -7,6 +7,8 @@ import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
 from copd_ifm.cohort.config import DicomConfig
+from pathlib import Path
+
 from copd_ifm.ct.dicom import read_dicom_folder, resample_slices, scan_folder
 from copd_ifm.ct.errors import SubjectError
 from copd_ifm.ct.io import read_image
@@ -167,3 +169,26 @@ def test_undecodable_transfer_syntax_names_it_and_the_extra(tmp_path):
 def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     _refused(tmp_path, "no_dicom", r"no DICOM series in folder .*\(1 file\(s\), none readable")
+
+
+REAL = Path(__file__).parent / "data" / "totalseg_example_ct_dicom"     # TotalSegmentator test data, Apache-2.0
+
+
+def test_real_siemens_series_with_empty_uid_and_jpeg2000():
+    """A scanner export: empty SeriesInstanceUID, JPEG 2000 lossless, kernel Br38f, 20 slices 2 mm apart.
+    Checked against SimpleITK's own series reader on the same sorted files (uniform series: it agrees)."""
+    series, skipped = scan_folder(REAL)
+    assert len(series) == 1 and [p.name for p in skipped] == ["LICENSE", "README.md"]
+    read = read_dicom_folder(REAL)
+    assert read.record() == {"series_uid": "noUID::14:Br38f\\3", "series_description": "CT Body 3.0",
+                             "series_kernel": "Br38f\\3", "series_slices": 20, "slice_thickness_mm": 3.0,
+                             "slice_step_mm": 2.0, "transfer_syntax": "JPEG 2000 Image Compression (Lossless Only)"}
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in read.geometry.files])
+    itk = reader.Execute()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read.image), sitk.GetArrayFromImage(itk))
+    np.testing.assert_allclose(read.image.GetOrigin(), (-249.51171875, -437.51171875, -804.5))
+    np.testing.assert_allclose(read.image.GetOrigin(), itk.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(read.image.GetSpacing(), (0.9765625, 0.9765625, 2.0))
+    hu = sitk.GetArrayFromImage(read.image)
+    assert hu.min() == -1024 and -100 < np.percentile(hu, 75) < 100            # air outside, soft tissue inside

@@ -57,3 +57,39 @@ def test_lungmask_backend_missing_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lungmask", None)                # import fails as if not installed
     with pytest.raises(UserError, match="pip install lungmask"):
         lungmask_segmentation(sitk.Image(4, 4, 4, sitk.sitkInt16))
+
+
+def test_threshold_segmentation_keeps_lung_touching_the_image_edge():
+    """A small reconstruction field cuts the right lung at the image edge: the lung stays in the mask (so the
+    field-of-view gate can say so) while the air around the body is still dropped."""
+    ct, truth = handmade_ct(4.0, seed=3)
+    lungs = sitk.GetArrayFromImage(truth) > 0
+    cut = 28                                                           # lungs span x indices 11..83
+    seg = sitk.GetArrayFromImage(threshold_segmentation(sitk.Cast(ct[cut:, :, :], sitk.sitkFloat32))) > 0
+    assert _dice(seg, lungs[:, :, cut:]) > 0.95
+    assert seg[:, :, 0].sum() > 0.5 * lungs[:, :, cut].sum()          # the cut face is in the mask
+    assert not seg[:, [0, -1], :].any()                                # air around the body (lungs: y 20..74)
+
+
+def test_threshold_segmentation_leaves_out_gas_below_the_diaphragm():
+    """An abdominal scan: lung bases above, a large stomach gas bubble below them; the gas is not lung."""
+    ct, truth = handmade_ct(4.0, airways=False, seed=4)
+    lungs = sitk.GetArrayFromImage(truth) > 0
+    values = sitk.GetArrayFromImage(ct).astype(np.float32)
+    z = np.argwhere(lungs)[:, 0]
+    bottom = int(z.min())
+    base = values[: bottom + 6].copy()                                   # body below the lungs plus their bases
+    body = base[0] > -400
+    ys, xs = np.nonzero(body)
+    cy, cx = ys.mean(), xs.mean()
+    yy, xx = np.mgrid[: base.shape[1], : base.shape[2]]
+    gas = ((yy - cy) ** 2 + (xx - cx) ** 2 < 12 ** 2) & body              # a 48 mm-radius gas bubble
+    base[: bottom][:, gas] = np.random.default_rng(0).normal(-1000, 25, (bottom, int(gas.sum())))
+    below = np.zeros((bottom + 6,) + values.shape[1:], bool)
+    below[:bottom] = gas
+    assert below.sum() > lungs[: bottom + 6].sum()                        # more gas than lung in this scan
+    image = sitk.GetImageFromArray(base)
+    image.CopyInformation(ct[:, :, : bottom + 6])
+    seg = sitk.GetArrayFromImage(threshold_segmentation(image)) > 0
+    assert not np.any(seg & below)
+    assert _dice(seg, lungs[: bottom + 6]) > 0.8

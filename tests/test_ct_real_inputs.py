@@ -39,7 +39,7 @@ def real_store(tmp_path_factory):
     sitk.WriteImage(mask[28:, :, :], str(root / "side_cut_mask.nii.gz"))
     rows = [("chosen", "two", "1.2.7.1", ""), ("ruled", "rule", "", ""), ("gap", "gap", "", ""),
             ("ambiguous", "two", "", ""), ("apex", "apex_cut.nii.gz", "", ""),
-            ("side", "side_cut.nii.gz", "", "side_cut_mask.nii.gz")]
+            ("side", "side_cut.nii.gz", "", "side_cut_mask.nii.gz"), ("side_thr", "side_cut.nii.gz", "", "")]
     pd.DataFrame(rows, columns=["sid", "image", "series_uid", "lung_mask"]).to_csv(root / "manifest.csv", index=False)
     cohort = CohortConfig(name="real", manifest=str(root / "manifest.csv"), spacing_mm=SPACING, patch_size=PATCH,
                           store=str(root / "store"), registration=RegistrationConfig(**FAST))
@@ -72,7 +72,9 @@ def test_broken_series_and_cut_lungs_fail_with_codes(real_store):
     assert failures.loc["ambiguous", "code"] == "series_ambiguous"
     assert failures.loc["apex", "code"] == "fov_cut" and "superior scan range" in failures.loc["apex", "reason"]
     assert failures.loc["side", "code"] == "fov_cut" and "image edge" in failures.loc["side", "reason"]
-    assert set(failures.index) == {"gap", "ambiguous", "apex", "side"}
+    # the threshold segmenter keeps the cut lung, so the reason is the field of view, not the lung volume
+    assert failures.loc["side_thr", "code"] == "fov_cut" and "right image edge" in failures.loc["side_thr", "reason"]
+    assert set(failures.index) == {"gap", "ambiguous", "apex", "side", "side_thr"}
 
 
 def test_failures_by_reason_groups_on_codes(real_store, caplog):
@@ -82,7 +84,7 @@ def test_failures_by_reason_groups_on_codes(real_store, caplog):
               "--set", f"spacing_mm={SPACING}", "--set", f"patch_size={PATCH}", "--set", "registration.downsample_mm=8",
               "--set", "registration.shrink_factors=[2,1]", "--set", "registration.smoothing_sigmas_mm=[4,0]"])
     line = [r.getMessage() for r in caplog.records if "failures by reason" in r.getMessage()]
-    assert line == ["failures by reason: fov_cut ×2; missing_slices ×1; series_ambiguous ×1"]   # failed ones redo
+    assert line == ["failures by reason: fov_cut ×3; missing_slices ×1; series_ambiguous ×1"]   # failed ones redo
 
 
 def test_face_fractions_and_outside_shares_closed_form():

@@ -4,13 +4,18 @@ Threshold segmentation (the default when the manifest has no mask) of a CT in HU
 
 1. air-like voxels: HU < -400 (lung parenchyma and air lie below, soft tissue above);
 2. drop, slice by slice, the air connected within the axial slice to the
-   slice's border: the air around the body (a 3-D criterion would also drop
-   lungs whose apex reaches air above the body, or lungs cut by the scan range);
+   slice's border when it is pure air (mean below -975 HU: the air around the
+   body, padding outside the reconstruction circle). A 3-D criterion would also
+   drop lungs whose apex reaches air above the body, or lungs cut by the scan
+   range; lung parenchyma touching the border (a small reconstruction field,
+   mean -950 to -850 HU) stays, so the field-of-view gate can name it;
 3. drop the trachea and main bronchi: region growing over air (<= -950 HU) from
    a seed in the trachea (a small air blob near the midline in the most
    superior slices), within a box around the central airways, with a stricter
    threshold whenever the growth leaks into the lungs (more than 0.3 L);
-4. keep the two largest components (the second only if it has at least 10 %
+4. drop components of pure gas (mean below -975 HU: stomach and bowel gas
+   below the diaphragm; parenchyma, even emphysematous, averages higher), then
+   keep the two largest components (the second only if it has at least 10 %
    of the first's voxels: otherwise it is bowel gas or the like);
 5. fill holes slice by slice, so that vessels enclosed by lung in a slice
    count as lung (as in standard densitometry masks).
@@ -39,6 +44,7 @@ MIDLINE_TOLERANCE = 0.15                # trachea centre within 15 % of the air 
 AIRWAY_HALF_WIDTH_MM = 70.0             # main bronchi reach about 5 cm to each side of the midline
 AIRWAY_DEPTH_MM = 160.0                 # and end about 15 cm below the top of the trachea in a chest CT
 SECOND_LUNG_MIN_FRACTION = 0.1
+PURE_AIR_MEAN_HU = -975.0               # outside air and gas average about -1000 HU, lung parenchyma -950 to -850
 
 
 def lung_volume_l(mask: sitk.Image) -> float:
@@ -140,9 +146,16 @@ def _airways(ct: sitk.Image, candidate: np.ndarray) -> tuple[tuple[slice, ...], 
     return None
 
 
-def _border_connected(region: np.ndarray, si_axis: int) -> np.ndarray:
+def _pure_air(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Per label of ``labels`` (0 included), whether the mean HU of its voxels is below PURE_AIR_MEAN_HU."""
+    counts = np.bincount(labels.ravel())
+    sums = np.bincount(labels.ravel(), weights=hu.ravel())
+    return sums < PURE_AIR_MEAN_HU * np.maximum(counts, 1)
+
+
+def _border_connected(region: np.ndarray, si_axis: int, hu: np.ndarray | None = None) -> np.ndarray:
     """Voxels of ``region`` ([z, y, x] bool) connected, within their slice across ``si_axis``,
-    to that slice's border."""
+    to that slice's border; with ``hu``, only components of pure air (:func:`_pure_air`)."""
     structure = np.zeros((3, 3, 3), bool)
     plane = [slice(None)] * 3
     plane[si_axis] = 1
@@ -154,24 +167,27 @@ def _border_connected(region: np.ndarray, si_axis: int) -> np.ndarray:
     touching = np.zeros(labels.max() + 1, bool)
     touching[border] = True
     touching[0] = False                                              # label 0 is outside ``region``
+    if hu is not None:
+        touching &= _pure_air(labels, hu)
     return touching[labels]
 
 
 def threshold_segmentation(ct: sitk.Image) -> sitk.Image:
     """Lung mask of a CT in HU by thresholding (steps in the module docstring); uint8 on the CT's grid."""
-    air = sitk.GetArrayViewFromImage(ct) < LUNG_MAX_HU
+    hu = sitk.GetArrayViewFromImage(ct)
+    air = hu < LUNG_MAX_HU
     si_axis, _, _ = _axes(ct)
-    candidate = air & ~_border_connected(air, si_axis)
+    candidate = air & ~_border_connected(air, si_axis, hu)
     airways = _airways(ct, candidate)
     if airways is not None:
         # one voxel more than the grown lumen: its partial-volume rim is above the growing threshold
         box, lumen = airways
         candidate[box] &= ~ndimage.binary_dilation(lumen, ndimage.generate_binary_structure(3, 1))
     pieces, _ = ndimage.label(candidate)
-    sizes = np.bincount(pieces.ravel())[1:]
+    sizes = np.where(_pure_air(pieces, hu), 0, np.bincount(pieces.ravel()))[1:]
     order = np.argsort(sizes)[::-1]
     keep = order[:2] if len(sizes) > 1 and sizes[order[1]] >= SECOND_LUNG_MIN_FRACTION * sizes[order[0]] else order[:1]
-    lungs = np.isin(pieces, keep + 1)
+    lungs = np.isin(pieces, keep[sizes[keep] > 0] + 1)
     filled = ~_border_connected(~lungs, si_axis)
     out = sitk.GetImageFromArray(filled.astype(np.uint8))
     out.CopyInformation(ct)
