@@ -223,7 +223,7 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=workers, default=2, help="parallel processes")
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
                    help="process only shard K of N (cluster array jobs)")
-    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask"], default=None,
+    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask", "totalsegmentator"], default=None,
                    help="lung mask source (default: the cohort's lung_seg)")
     p.add_argument("--force", action="store_true",
                    help="fill a store built from another manifest (changed subjects are processed again)")

@@ -107,7 +107,8 @@ class CohortConfig:
     patch_size: int = 32                 # cube side in voxels at ``spacing_mm``
     landmark_step_mm: float = 26.0       # atlas grid step (the anchor: 26 mm)
     landmark_min_lung_fraction: float = 0.1
-    lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), "threshold", "lungmask"
+    lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), threshold, lungmask, totalsegmentator
+    lung_model_path: Optional[str] = None   # local weights of the lungmask / TotalSegmentator backend
     min_lung_volume_l: float = 0.5
     store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>-<hash>
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
@@ -123,8 +124,8 @@ class CohortConfig:
             raise ValueError(f"spacing_mm must be in [0.2, 10] mm, got {self.spacing_mm}")
         if not 4 <= self.patch_size <= 128:
             raise ValueError(f"patch_size must be in [4, 128] voxels, got {self.patch_size}")
-        if self.lung_seg not in {"auto", "threshold", "lungmask"}:
-            raise ValueError(f"lung_seg must be auto, threshold or lungmask, got {self.lung_seg!r}")
+        if self.lung_seg not in {"auto", "threshold", "lungmask", "totalsegmentator"}:
+            raise ValueError(f"lung_seg must be auto, threshold, lungmask or totalsegmentator, got {self.lung_seg!r}")
 
     @property
     def manifest_path(self) -> Path:
@@ -191,7 +192,7 @@ def resolve_cohort(spec: str, overrides: list[str] | None = None) -> CohortConfi
         base = yaml_path.resolve().parent
         source = str(yaml_path)
     data = cfg.apply_overrides(data, overrides)
-    for key in ("manifest", "store"):
+    for key in ("manifest", "store", "lung_model_path"):
         if isinstance(data.get(key), str):
             data[key] = _expand(data[key], base)
     return cfg.from_dict(CohortConfig, data, source)

@@ -1,4 +1,5 @@
-"""Lung masks: from the manifest, by thresholding the CT, or with the optional ``lungmask`` package.
+"""Lung masks: from the manifest, by thresholding the CT, or with the optional ``lungmask`` or
+``TotalSegmentator`` packages (lazy imports, local weights at ``lung_model_path``: nothing is downloaded).
 
 Threshold segmentation (the default when the manifest has no mask) of a CT in HU:
 
@@ -24,7 +25,11 @@ Masks are ``sitk.sitkUInt8`` images, 1 = lung, on the CT's grid.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -194,21 +199,68 @@ def threshold_segmentation(ct: sitk.Image) -> sitk.Image:
     return out
 
 
-def require_lungmask() -> None:
-    """UserError unless the optional ``lungmask`` package can be imported."""
+#: Computed lung-mask backends; the optional ones import their package only when used.
+BACKENDS = ("threshold", "lungmask", "totalsegmentator")
+#: What each optional backend needs: (module to import, pip name, weights).
+_NEEDS = {"lungmask": ("lungmask", "lungmask", "the R231 weights file (unet_r231-d5d2fc3d.pth)"),
+          "totalsegmentator": ("totalsegmentator.python_api", "TotalSegmentator",
+                               "the TotalSegmentator weights folder (TOTALSEG_WEIGHTS_PATH, holding Dataset*/)")}
+TOTALSEG_LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
+                  "lung_middle_lobe_right", "lung_lower_lobe_right")
+
+
+def require_backend(name: str, model_path: str | None) -> Path | None:
+    """The local weights path of backend ``name``; UserError unless its package imports and, for an optional
+    backend, ``model_path`` exists (nothing is downloaded at run time)."""
+    if name not in _NEEDS:
+        return None
+    module, package, weights = _NEEDS[name]
     try:
-        import lungmask  # noqa: F401
+        importlib.import_module(module)
     except ImportError as exc:
-        raise UserError("--lung-seg lungmask needs the optional package 'lungmask' (pip install lungmask); "
-                        "or use --lung-seg threshold") from exc
+        raise UserError(f"--lung-seg {name} needs the optional package {package!r} (pip install {package} or "
+                        f"pip install 'copd-ifm[{name}]'); or use --lung-seg threshold") from exc
+    if not model_path or not Path(model_path).exists():
+        raise UserError(f"--lung-seg {name}: set the cohort's lung_model_path to {weights} on this machine "
+                        f"(now {model_path or 'unset'}); models are never downloaded at run time")
+    return Path(model_path)
 
 
-def lungmask_segmentation(ct: sitk.Image) -> sitk.Image:
-    """Lung mask from the ``lungmask`` U-net (Hofmanninger et al. 2020); uint8 on the CT's grid."""
-    require_lungmask()
+def lungmask_segmentation(ct: sitk.Image, model_path: str | None = None) -> sitk.Image:
+    """Lung mask from the ``lungmask`` U-net (Hofmanninger et al. 2020) with local weights; uint8 on the CT's grid."""
+    weights = require_backend("lungmask", model_path)
     from lungmask import LMInferer
 
-    labels = LMInferer().apply(sitk.Cast(ct, sitk.sitkInt16))        # [z, y, x]: 0 background, 1/2 lungs
+    inferer = LMInferer(modelpath=str(weights), tqdm_disable=True)
+    labels = inferer.apply(sitk.Cast(ct, sitk.sitkInt16))            # [z, y, x]: 0 background, 1/2 lungs
     out = sitk.GetImageFromArray((np.asarray(labels) > 0).astype(np.uint8))
     out.CopyInformation(ct)
     return out
+
+
+def totalsegmentator_segmentation(ct: sitk.Image, model_path: str | None = None) -> sitk.Image:
+    """Lung mask as the union of TotalSegmentator's five lobes (local weights); uint8 on the CT's grid."""
+    weights = require_backend("totalsegmentator", model_path)
+    os.environ["TOTALSEG_WEIGHTS_PATH"] = str(weights)              # read by TotalSegmentator when it runs
+    from totalsegmentator.python_api import totalsegmentator
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="totalseg-") as tmp:
+        source = Path(tmp) / "ct.nii.gz"
+        sitk.WriteImage(sitk.Cast(ct, sitk.sitkInt16), str(source))
+        totalsegmentator(source, Path(tmp) / "seg", roi_subset=list(TOTALSEG_LOBES), quiet=True,
+                         device="gpu" if torch.cuda.is_available() else "cpu")
+        lobes = [sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / "seg" / f"{lobe}.nii.gz"))) > 0
+                 for lobe in TOTALSEG_LOBES]
+    union = np.logical_or.reduce(lobes)
+    if union.shape != sitk.GetArrayViewFromImage(ct).shape:
+        raise SubjectError(f"TotalSegmentator returned a mask of shape {union.shape} for a CT of "
+                           f"{sitk.GetArrayViewFromImage(ct).shape}", code="segmentation")
+    out = sitk.GetImageFromArray(union.astype(np.uint8))
+    out.CopyInformation(ct)
+    return out
+
+
+SEGMENTERS = {"threshold": lambda ct, _: threshold_segmentation(ct), "lungmask": lungmask_segmentation,
+              "totalsegmentator": totalsegmentator_segmentation}

@@ -25,7 +25,7 @@ from copd_ifm.ct.errors import SubjectError
 from copd_ifm.ct.fov import check_landmarks_inside, check_lung_field, outside_shares
 from copd_ifm.ct.io import (Grid, check_hounsfield, image_grid, isotropic_grid, mask_on_image_grid, read_ct,
                             read_image, resample)
-from copd_ifm.ct.lung_mask import binarize, check_lung_volume, lungmask_segmentation, threshold_segmentation
+from copd_ifm.ct.lung_mask import SEGMENTERS, binarize, check_lung_volume
 from copd_ifm.ct.patches import corner_voxels, extract_patches, subject_corners, to_stored_hu
 from copd_ifm.ct.registration import atlas_coarse, coarse_fraction, map_points, register_masks
 from copd_ifm.errors import UserError
@@ -52,7 +52,7 @@ class Settings:
     store: Path
     spacing_mm: float
     patch_size: int
-    lung_seg: str                      # auto | threshold | lungmask
+    lung_seg: str                      # auto | threshold | lungmask | totalsegmentator
     min_lung_volume_l: float
     registration: RegistrationConfig
     direction: tuple[float, ...]       # atlas direction cosines: the axes of every subject grid
@@ -60,6 +60,7 @@ class Settings:
     settings_hash: str = ""            # st.settings_hash of the store-defining config fields
     dicom: DicomConfig = field(default_factory=DicomConfig)
     fov: FovConfig = field(default_factory=FovConfig)
+    lung_model_path: str | None = None  # weights of the lungmask / totalsegmentator backend
 
 
 @contextmanager
@@ -81,7 +82,7 @@ def _lung_masks(task: SubjectTask, settings: Settings, image: sitk.Image, ct: si
     """``(mask on the isotropic grid, mask on the native image grid, source)``.
 
     A manifest mask is native already (resampled nearest-neighbour to the
-    grid); a computed one (threshold, lungmask) is made on the isotropic CT and
+    grid); a computed one (threshold, lungmask, totalsegmentator) is made on the isotropic CT and
     resampled nearest-neighbour back onto the native grid for densitometry.
     """
     source = settings.lung_seg
@@ -90,7 +91,7 @@ def _lung_masks(task: SubjectTask, settings: Settings, image: sitk.Image, ct: si
     if source == "manifest":
         native = binarize(mask_on_image_grid(image, read_image(task.lung_mask)))
         return resample(native, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), native, source
-    mask = threshold_segmentation(ct) if source == "threshold" else lungmask_segmentation(ct)
+    mask = SEGMENTERS[source](ct, settings.lung_model_path)
     return mask, resample(mask, image_grid(image), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), source
 
 
