@@ -192,3 +192,23 @@ def test_real_siemens_series_with_empty_uid_and_jpeg2000():
     np.testing.assert_allclose(read.image.GetSpacing(), (0.9765625, 0.9765625, 2.0))
     hu = sitk.GetArrayFromImage(read.image)
     assert hu.min() == -1024 and -100 < np.percentile(hu, 75) < 100            # air outside, soft tissue inside
+
+
+def test_gantry_tilt_correction_onto_hand_computed_positions(tmp_path):
+    """Slice k is shifted 0.5 mm along +y per 2 mm step (a 14 deg tilt); the scanner sampled HU = 2·y − 500
+    at each pixel's true position. Corrected onto the orthogonal grid through slice 0, voxel (r, c, k) sits at
+    y = r mm, so it must read 2·r − 500 wherever the shifted slice covers it, and −1024 HU in the wedge."""
+    rows, cols, n = 20, 4, 12
+    r = np.arange(rows)[None, :, None]
+    k = np.arange(n)[:, None, None]
+    hu = 2 * (k * 0.5 + r) - 500 + np.zeros((n, rows, cols))
+    write_series(tmp_path, (hu + 1024).astype(np.uint16), [(0.0, 0.5 * i, 2.0 * i) for i in range(n)],
+                 pixel_mm=(1.0, 1.0), tilt=14.0)
+    _refused(tmp_path, "gantry_tilt", "gantry tilt")
+    read = read_dicom_folder(tmp_path, DicomConfig(gantry_tilt="correct"))
+    values = sitk.GetArrayFromImage(read.image)
+    covered = r >= k * 0.5                                              # rows the shifted slice reaches
+    expected = np.where(covered, 2 * r - 500, -1024) + np.zeros((n, rows, cols))
+    np.testing.assert_allclose(values, expected, atol=1e-3)
+    np.testing.assert_allclose(read.image.GetOrigin(), (0.0, 0.0, 0.0))
+    np.testing.assert_allclose(read.image.GetSpacing(), (1.0, 1.0, 2.0))

@@ -73,12 +73,15 @@ class DicomConfig:
     slice_step_tolerance: float = 0.05   # a slice step may differ from the median step by this fraction
     uneven: str = "refuse"               # "refuse" uneven slice steps, or "resample" onto a uniform grid
     resample_max_step_mm: float = 5.0    # "resample": larger steps are still refused as missing slices
+    gantry_tilt: str = "refuse"          # "refuse" a sheared (tilted) series, or "correct" it in plane
     min_slices: int = 10
     kernel_preference: list[str] = field(default_factory=list)   # fnmatch patterns, best first, e.g. ["B3*f"]
 
     def validate(self) -> None:
         if self.uneven not in {"refuse", "resample"}:
             raise ValueError(f"dicom.uneven must be 'refuse' or 'resample', got {self.uneven!r}")
+        if self.gantry_tilt not in {"refuse", "correct"}:
+            raise ValueError(f"dicom.gantry_tilt must be 'refuse' or 'correct', got {self.gantry_tilt!r}")
         if not 0 < self.slice_step_tolerance < 0.5:
             raise ValueError(f"dicom.slice_step_tolerance must be in (0, 0.5), got {self.slice_step_tolerance}")
         if self.min_slices < 2:

@@ -12,8 +12,10 @@ SliceThickness or ITK's series reader, which assumes uniform spacing:
 3. :func:`slice_geometry` sorts the slices by ImagePositionPatient projected on
    the slice normal and refuses Modality other than CT, too few slices, mixed
    orientation or matrix, duplicate positions, gantry tilt (positions sheared
-   off the normal), missing slices and uneven steps (or, with
-   ``uneven: resample``, interpolates linearly onto a uniform grid);
+   off the normal; with ``gantry_tilt: correct`` each slice is shifted in
+   plane onto the orthogonal grid through the first slice, linear
+   interpolation, -1024 HU shifted in), missing slices and uneven steps (or,
+   with ``uneven: resample``, interpolates linearly onto a uniform grid);
 4. :func:`read_series` decodes each file (SimpleITK/GDCM, else pydicom),
    HU = stored × RescaleSlope + RescaleIntercept, and sets origin, spacing and
    direction from the headers.
@@ -31,6 +33,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from scipy import ndimage
 
 from copd_ifm.cohort.config import DicomConfig
 from copd_ifm.ct.errors import SubjectError
@@ -45,6 +48,8 @@ DUPLICATE_MM = 0.01
 GAP_STEPS = 1.5
 #: Slice positions more than this share of a pixel off the normal line mean a sheared (tilted) grid.
 SHEAR_PIXELS = 0.1
+#: Value of the wedge a gantry-tilt correction shifts in from outside the acquired slices (air).
+TILT_FILL_HU = -1024.0
 CODEC_HINT = ("pip install 'copd-ifm[dicom-codecs]' (pylibjpeg with its libjpeg/openjpeg plugins), or "
               "decompress the series first (gdcmconv --raw, dcmdjpeg)")
 
@@ -106,6 +111,7 @@ class SliceGeometry:
     spacing: tuple[float, float, float]   # x (column step), y (row step), z (slice step) in mm
     direction: tuple[float, ...]          # row-major 3×3, columns: row direction, column direction, normal
     resample: bool                        # the steps are uneven: interpolate onto the uniform z grid
+    shifts_px: np.ndarray | None = None   # [N, 2] (row, column) in-plane shift undoing a gantry tilt's shear
 
 
 def _text(ds: pydicom.Dataset, name: str) -> str:
@@ -274,11 +280,16 @@ def slice_geometry(series: Series, folder: Path, options: DicomConfig) -> SliceG
                            "split the acquisitions", code="duplicate_positions")
     lateral = (positions - positions[0]) - np.outer(distance - distance[0], normal)
     shear = float(np.linalg.norm(lateral, axis=1).max())
-    if shear > SHEAR_PIXELS * min(row_mm, col_mm):
+    shifts = None
+    if shear > SHEAR_PIXELS * min(row_mm, col_mm) and options.gantry_tilt == "correct":
+        # slice k lies a_k along the rows and b_k along the columns off the normal line through slice 0
+        shifts = np.column_stack([lateral @ col / row_mm, lateral @ row / col_mm])
+    elif shear > SHEAR_PIXELS * min(row_mm, col_mm):
         angle = np.degrees(np.arctan2(shear, distance[-1] - distance[0]))
         raise SubjectError(f"{where}: gantry tilt, slice positions sheared {shear:.1f} mm off the slice normal over "
                            f"{distance[-1] - distance[0]:.1f} mm ({angle:.1f} deg; GantryDetectorTilt "
-                           f"{series.tilt_deg:g}); tilt-correct it first (e.g. dcm2niix) or use another series",
+                           f"{series.tilt_deg:g}); set the cohort's dicom.gantry_tilt: correct, tilt-correct it first (e.g. "
+                           "dcm2niix) or use another series",
                            code="gantry_tilt")
     step = float(np.median(steps))
     gaps = np.flatnonzero(steps > GAP_STEPS * step)
@@ -297,7 +308,7 @@ def slice_geometry(series: Series, folder: Path, options: DicomConfig) -> SliceG
                            "dicom.uneven: resample to interpolate onto a uniform grid", code="uneven_spacing")
     direction = np.column_stack([row, col, normal])
     return SliceGeometry(files, distance, tuple(float(v) for v in positions[0]), (col_mm, row_mm, step),
-                         tuple(float(v) for v in direction.ravel()), bool(uneven.any()))
+                         tuple(float(v) for v in direction.ravel()), bool(uneven.any()), shifts)
 
 
 def _decode(path: Path, series: Series, folder: Path) -> np.ndarray:
@@ -335,6 +346,8 @@ def read_series(series: Series, geometry: SliceGeometry, folder: Path) -> sitk.I
     volume = np.empty((len(geometry.files), rows, cols), np.float32)
     for n, path in enumerate(geometry.files):
         volume[n] = _decode(path, series, folder)
+        if geometry.shifts_px is not None:          # onto the orthogonal grid through slice 0 (linear)
+            volume[n] = ndimage.shift(volume[n], geometry.shifts_px[n], order=1, cval=TILT_FILL_HU)
     if geometry.resample:
         volume, _ = resample_slices(volume, geometry.distances_mm, geometry.spacing[2])
     rounded = np.rint(volume)
