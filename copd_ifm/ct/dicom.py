@@ -206,6 +206,9 @@ def choose_series(series: list[Series], folder: Path, wanted: str = "",
         if not match:
             raise SubjectError(f"series_uid {wanted} is not in {folder} (found {found}); fix the manifest's "
                                "series_uid (copd-ifm inspect lists them)", code="series_not_found")
+        if len(match) > 1:       # series without a UID that differ only in study or orientation
+            raise SubjectError(f"series_uid {wanted} names {len(match)} series in {folder}; split the folder by "
+                               "study or orientation", code="series_ambiguous")
         return match[0], ""
     images = [s for s in series if s.modality == "CT" and all(sl.position and sl.orientation for sl in s.slices)]
     if not images:
