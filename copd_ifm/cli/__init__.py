@@ -17,7 +17,7 @@ from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
 from copd_ifm.cli.vision import add_vision_parsers
 from copd_ifm.errors import UserError
 
-STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study")
+STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -164,8 +164,49 @@ def add_study_parsers(ssub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_study_shortcut)
 
 
+# --- inspect (issue 21): look at a cohort's files before preprocessing them ---
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from copd_ifm import config as cfg_io
+    from copd_ifm.cohort.config import DicomConfig
+    from copd_ifm.ct.inspect import inspect_paths, manifest_table
+
+    dicom = cfg_io.from_dict(DicomConfig, cfg_io.apply_overrides({}, args.overrides), "--set")
+    rows, entries = inspect_paths(args.paths, dicom)
+    if not rows:
+        raise UserError(f"no DICOM series or image file under {' '.join(args.paths)}")
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns=["check"]).convert_dtypes().astype("string").fillna("").to_string(index=False))
+    for row in rows:
+        print(" ".join(filter(None, (row["path"], row.get("series_uid")))) + f": {row['check']}")
+    if args.out:
+        out = Path(args.out)
+        manifest = manifest_table(entries, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        manifest.to_csv(out, index=False)
+        print(f"manifest: {out} ({len(manifest)} rows; add outcome columns, check the note column)")
+    return 1 if any(r["check"] != "ok" and not r["check"].startswith("ok ") for r in rows) else 0
+
+
+def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="list the DICOM series and image headers under paths; write a manifest",
+                       formatter_class=fmt)
+    p.add_argument("paths", nargs="+", help="DICOM folders (searched recursively) or image files")
+    p.add_argument("--out", default=None, help="write a manifest CSV (sid,image,series_uid,note) here")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="DicomConfig fields for the checks, e.g. --set uneven=resample --set kernel_preference=[B3*f]")
+    common(p)
+    p.set_defaults(func=cmd_inspect)
+# --- end inspect ---
+
+
 def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     """The CT stages' parsers."""
+    add_inspect_parser(sub)
     p = sub.add_parser("synth", help="generate a synthetic COPD CT cohort", formatter_class=fmt)
     p.add_argument("--out", required=True, help="cohort folder to write (images/, masks/, manifest.csv)")
     p.add_argument("--n", type=int, default=48, help="number of subjects")
@@ -182,7 +223,7 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=workers, default=2, help="parallel processes")
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
                    help="process only shard K of N (cluster array jobs)")
-    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask"], default=None,
+    p.add_argument("--lung-seg", choices=["auto", "threshold", "lungmask", "totalsegmentator"], default=None,
                    help="lung mask source (default: the cohort's lung_seg)")
     p.add_argument("--force", action="store_true",
                    help="fill a store built from another manifest (changed subjects are processed again)")

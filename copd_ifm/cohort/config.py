@@ -67,6 +67,40 @@ class RegistrationConfig:
 
 
 @dataclass
+class DicomConfig:
+    """How a DICOM folder becomes one CT volume (see :mod:`copd_ifm.ct.dicom`)."""
+
+    slice_step_tolerance: float = 0.05   # a slice step may differ from the median step by this fraction
+    uneven: str = "refuse"               # "refuse" uneven slice steps, or "resample" onto a uniform grid
+    resample_max_step_mm: float = 5.0    # "resample": larger steps are still refused as missing slices
+    gantry_tilt: str = "refuse"          # "refuse" a sheared (tilted) series, or "correct" it in plane
+    min_slices: int = 10
+    kernel_preference: list[str] = field(default_factory=list)   # fnmatch patterns, best first, e.g. ["B3*f"]
+
+    def validate(self) -> None:
+        if self.uneven not in {"refuse", "resample"}:
+            raise ValueError(f"dicom.uneven must be 'refuse' or 'resample', got {self.uneven!r}")
+        if self.gantry_tilt not in {"refuse", "correct"}:
+            raise ValueError(f"dicom.gantry_tilt must be 'refuse' or 'correct', got {self.gantry_tilt!r}")
+        if not 0 < self.slice_step_tolerance < 0.5:
+            raise ValueError(f"dicom.slice_step_tolerance must be in (0, 0.5), got {self.slice_step_tolerance}")
+        if self.min_slices < 2:
+            raise ValueError(f"dicom.min_slices must be >= 2, got {self.min_slices}")
+
+
+@dataclass
+class FovConfig:
+    """Field-of-view gates: lungs cut by the scan range or the reconstruction circle fail the subject."""
+
+    max_edge_fraction: float = 0.1       # lung on a face of the image / the largest lung section parallel to it
+    max_landmarks_outside: float = 0.02  # share of patches with at least half their voxels outside the image
+
+    def validate(self) -> None:
+        if not 0 < self.max_edge_fraction <= 1 or not 0 <= self.max_landmarks_outside <= 1:
+            raise ValueError("fov.max_edge_fraction must be in (0, 1], fov.max_landmarks_outside in [0, 1]")
+
+
+@dataclass
 class CohortConfig:
     """A cohort: where its manifest is and how to turn it into a patch store."""
 
@@ -76,11 +110,14 @@ class CohortConfig:
     patch_size: int = 32                 # cube side in voxels at ``spacing_mm``
     landmark_step_mm: float = 26.0       # atlas grid step (the anchor: 26 mm)
     landmark_min_lung_fraction: float = 0.1
-    lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), "threshold", "lungmask"
+    lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), threshold, lungmask, totalsegmentator
+    lung_model_path: Optional[str] = None   # local weights of the lungmask / TotalSegmentator backend
     min_lung_volume_l: float = 0.5
     store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>-<hash>
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    fov: FovConfig = field(default_factory=FovConfig)
     synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
     # Pretrain fields this cohort's size needs (dotted keys as for --set), applied after the pretrain YAML.
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
@@ -90,8 +127,8 @@ class CohortConfig:
             raise ValueError(f"spacing_mm must be in [0.2, 10] mm, got {self.spacing_mm}")
         if not 4 <= self.patch_size <= 128:
             raise ValueError(f"patch_size must be in [4, 128] voxels, got {self.patch_size}")
-        if self.lung_seg not in {"auto", "threshold", "lungmask"}:
-            raise ValueError(f"lung_seg must be auto, threshold or lungmask, got {self.lung_seg!r}")
+        if self.lung_seg not in {"auto", "threshold", "lungmask", "totalsegmentator"}:
+            raise ValueError(f"lung_seg must be auto, threshold, lungmask or totalsegmentator, got {self.lung_seg!r}")
 
     @property
     def manifest_path(self) -> Path:
@@ -158,7 +195,7 @@ def resolve_cohort(spec: str, overrides: list[str] | None = None) -> CohortConfi
         base = yaml_path.resolve().parent
         source = str(yaml_path)
     data = cfg.apply_overrides(data, overrides)
-    for key in ("manifest", "store"):
+    for key in ("manifest", "store", "lung_model_path"):
         if isinstance(data.get(key), str):
             data[key] = _expand(data[key], base)
     return cfg.from_dict(CohortConfig, data, source)

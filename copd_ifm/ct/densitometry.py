@@ -24,7 +24,7 @@ def densitometry(ct: np.ndarray, mask: np.ndarray, voxel_mm3: float) -> dict[str
     """
     lung = np.asarray(ct)[np.asarray(mask, dtype=bool)]
     if lung.size == 0:
-        raise SubjectError("empty lung mask: no densitometry")
+        raise SubjectError("empty lung mask: no densitometry", code="empty_mask")
     return {"laa950_pct": float(100.0 * np.count_nonzero(lung < LAA_THRESHOLD_HU) / lung.size),
             "perc15_hu": float(np.percentile(lung, PERCENTILE)),
             "lung_volume_l": float(lung.size * voxel_mm3 / 1e6),
@@ -43,4 +43,4 @@ def check_lung_mean_hu(mean_hu: float) -> None:
         what = "pure air: an all-air image or a mask outside the body" if mean_hu < low else \
             "soft tissue: the mask is not on the lungs, or the image is not in HU"
         raise SubjectError(f"implausible lung mean {mean_hu:.0f} HU (expected {low:.0f} to {high:.0f}); "
-                           f"the lung mask holds {what}")
+                           f"the lung mask holds {what}", code="lung_mean_hu")

@@ -1,8 +1,8 @@
 """Read chest CTs and put them on the cohort's isotropic grid.
 
 Supported inputs: any file SimpleITK reads (NIfTI ``.nii``/``.nii.gz``, NRRD,
-MHA/MHD, ...) or a folder holding a DICOM series (the series with the most
-files wins). Every problem with one subject's image raises
+MHA/MHD, ...) or a folder holding DICOM series (assembled and checked by
+:mod:`copd_ifm.ct.dicom`). Every problem with one subject's image raises
 :class:`~copd_ifm.ct.errors.SubjectError` with a one-line reason.
 
 Grids: all subjects are resampled onto an isotropic grid whose axes follow the
@@ -25,6 +25,8 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
+from copd_ifm.cohort.config import DicomConfig
+from copd_ifm.ct.dicom import SeriesRead, read_dicom_folder
 from copd_ifm.ct.errors import SubjectError
 
 #: Value written where a resampled CT has no data (air).
@@ -53,9 +55,11 @@ def _gzip_size(path: Path) -> int:
             while block := fh.read(1 << 20):
                 total += len(block)
     except EOFError as exc:
-        raise SubjectError(f"cannot read {path.name}: file is truncated (the gzip stream ends early)") from exc
+        raise SubjectError(f"cannot read {path.name}: file is truncated (the gzip stream ends early)",
+                           code="unreadable") from exc
     except (OSError, zlib.error) as exc:
-        raise SubjectError(f"cannot read {path.name}: damaged gzip ({' '.join(str(exc).split())[:120]})") from exc
+        raise SubjectError(f"cannot read {path.name}: damaged gzip ({' '.join(str(exc).split())[:120]})",
+                           code="unreadable") from exc
     return total
 
 
@@ -71,7 +75,8 @@ def _check_nifti_complete(path: Path) -> None:
     try:
         header = nibabel.load(str(path))
     except Exception as exc:   # nibabel raises several types for a damaged header
-        raise SubjectError(f"cannot read {path.name}: {' '.join(str(exc).split())[:160]}") from exc
+        raise SubjectError(f"cannot read {path.name}: {' '.join(str(exc).split())[:160]}",
+                           code="unreadable") from exc
     expected = int(header.dataobj.offset) + int(np.prod(header.shape)) * header.get_data_dtype().itemsize
     if path.name.endswith(".gz"):
         with open(path, "rb") as fh:
@@ -80,43 +85,51 @@ def _check_nifti_complete(path: Path) -> None:
     else:
         complete = path.stat().st_size >= expected
     if not complete:
-        raise SubjectError(f"cannot read {path.name}: file is truncated (its header promises {expected} bytes)")
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise SubjectError(f"no DICOM series in folder {folder}")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    return reader.Execute()
+        raise SubjectError(f"cannot read {path.name}: file is truncated (its header promises {expected} bytes)",
+                           code="unreadable")
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read one 3-D scalar image (file or DICOM series folder).
+    """Read one 3-D scalar image (file or DICOM series folder, default series rule); see :func:`read_ct`."""
+    return read_ct(path)[0]
+
+
+def read_ct(path: str | Path, dicom: DicomConfig | None = None,
+            series_uid: str = "") -> tuple[sitk.Image, SeriesRead | None]:
+    """``(image, the DICOM series read or None for a file)`` of a file or DICOM folder.
 
     Raises SubjectError when the path is missing, the file is unreadable,
-    corrupt or truncated, or the image is not a 3-D scalar volume with at
+    corrupt or truncated, a DICOM folder fails the checks of
+    :mod:`copd_ifm.ct.dicom`, or the image is not a 3-D scalar volume with at
     least 2 voxels per axis.
     """
     path = Path(path)
     if not path.exists():
-        raise SubjectError(f"image not found: {path}")
+        raise SubjectError(f"image not found: {path}", code="not_found")
+    if series_uid and not path.is_dir():
+        raise SubjectError(f"series_uid {series_uid} given but {path.name} is a file, not a DICOM folder; clear "
+                           "the manifest's series_uid for this row", code="series_not_found")
+    series = None
     try:
-        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        if path.is_dir():
+            series = read_dicom_folder(path, dicom, series_uid)
+            image = series.image
+        else:
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise SubjectError(f"cannot read {path.name}: {_itk_reason(exc)}") from exc
+        raise SubjectError(f"cannot read {path.name}: {_itk_reason(exc)}", code="unreadable") from exc
     if path.name.endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
     if image.GetDimension() != 3:
-        raise SubjectError(f"{path.name} is {image.GetDimension()}-D (size {image.GetSize()}), expected a 3-D CT")
+        raise SubjectError(f"{path.name} is {image.GetDimension()}-D (size {image.GetSize()}), expected a 3-D CT",
+                           code="not_3d")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise SubjectError(f"{path.name} has {image.GetNumberOfComponentsPerPixel()} components per voxel, "
-                           "expected a scalar CT")
+                           "expected a scalar CT", code="not_3d")
     if min(image.GetSize()) < 2:
-        raise SubjectError(f"{path.name} has size {image.GetSize()}: a single slice, not a 3-D volume")
-    return image
+        raise SubjectError(f"{path.name} has size {image.GetSize()}: a single slice, not a 3-D volume",
+                           code="too_few_slices")
+    return image, series
 
 
 def check_hounsfield(image: sitk.Image, name: str = "image") -> None:
@@ -129,11 +142,12 @@ def check_hounsfield(image: sitk.Image, name: str = "image") -> None:
     values = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4].ravel()
     data = values[values > PADDING_BELOW_HU]
     if data.size < 0.01 * values.size:
-        raise SubjectError(f"intensities not in HU: {name} is almost all below {PADDING_BELOW_HU:.0f}")
+        raise SubjectError(f"intensities not in HU: {name} is almost all below {PADDING_BELOW_HU:.0f}",
+                           code="not_hu")
     q05 = float(np.percentile(data, 5))
     if q05 > AIR_MAX_HU:
         raise SubjectError(f"intensities not in HU: 5th percentile of {name} is {q05:.4g}, expected air "
-                           f"<= {AIR_MAX_HU:.0f} (apply the rescale slope/intercept)")
+                           f"<= {AIR_MAX_HU:.0f} (apply the rescale slope/intercept)", code="not_hu")
 
 
 def mask_on_image_grid(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
@@ -147,14 +161,17 @@ def mask_on_image_grid(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
     if sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(mask.GetDirection()) != orientation:
         mask = sitk.DICOMOrient(mask, orientation)
     if image.GetSize() != mask.GetSize():
-        raise SubjectError(f"lung mask/image geometry mismatch: size {mask.GetSize()} vs {image.GetSize()}")
+        raise SubjectError(f"lung mask/image geometry mismatch: size {mask.GetSize()} vs {image.GetSize()}",
+                           code="mask_mismatch")
     spacing = np.array(image.GetSpacing())
     if not np.allclose(mask.GetSpacing(), spacing, rtol=1e-3):
-        raise SubjectError(f"lung mask/image geometry mismatch: spacing {mask.GetSpacing()} vs {image.GetSpacing()}")
+        raise SubjectError(f"lung mask/image geometry mismatch: spacing {mask.GetSpacing()} vs {image.GetSpacing()}",
+                           code="mask_mismatch")
     if np.abs(np.subtract(mask.GetOrigin(), image.GetOrigin())).max() > 0.5 * spacing.min():
-        raise SubjectError(f"lung mask/image geometry mismatch: origin {mask.GetOrigin()} vs {image.GetOrigin()}")
+        raise SubjectError(f"lung mask/image geometry mismatch: origin {mask.GetOrigin()} vs {image.GetOrigin()}",
+                           code="mask_mismatch")
     if not np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-3):
-        raise SubjectError("lung mask/image geometry mismatch: direction cosines differ")
+        raise SubjectError("lung mask/image geometry mismatch: direction cosines differ", code="mask_mismatch")
     return mask
 
 

@@ -1,16 +1,22 @@
-"""Lung masks: from the manifest, by thresholding the CT, or with the optional ``lungmask`` package.
+"""Lung masks: from the manifest, by thresholding the CT, or with the optional ``lungmask`` or
+``TotalSegmentator`` packages (lazy imports, local weights at ``lung_model_path``: nothing is downloaded).
 
 Threshold segmentation (the default when the manifest has no mask) of a CT in HU:
 
 1. air-like voxels: HU < -400 (lung parenchyma and air lie below, soft tissue above);
 2. drop, slice by slice, the air connected within the axial slice to the
-   slice's border: the air around the body (a 3-D criterion would also drop
-   lungs whose apex reaches air above the body, or lungs cut by the scan range);
+   slice's border when it is pure air (mean below -975 HU: the air around the
+   body, padding outside the reconstruction circle). A 3-D criterion would also
+   drop lungs whose apex reaches air above the body, or lungs cut by the scan
+   range; lung parenchyma touching the border (a small reconstruction field,
+   mean -950 to -850 HU) stays, so the field-of-view gate can name it;
 3. drop the trachea and main bronchi: region growing over air (<= -950 HU) from
    a seed in the trachea (a small air blob near the midline in the most
    superior slices), within a box around the central airways, with a stricter
    threshold whenever the growth leaks into the lungs (more than 0.3 L);
-4. keep the two largest components (the second only if it has at least 10 %
+4. drop components of pure gas (mean below -975 HU: stomach and bowel gas
+   below the diaphragm; parenchyma, even emphysematous, averages higher), then
+   keep the two largest components (the second only if it has at least 10 %
    of the first's voxels: otherwise it is bowel gas or the like);
 5. fill holes slice by slice, so that vessels enclosed by lung in a slice
    count as lung (as in standard densitometry masks).
@@ -19,7 +25,11 @@ Masks are ``sitk.sitkUInt8`` images, 1 = lung, on the CT's grid.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,6 +49,7 @@ MIDLINE_TOLERANCE = 0.15                # trachea centre within 15 % of the air 
 AIRWAY_HALF_WIDTH_MM = 70.0             # main bronchi reach about 5 cm to each side of the midline
 AIRWAY_DEPTH_MM = 160.0                 # and end about 15 cm below the top of the trachea in a chest CT
 SECOND_LUNG_MIN_FRACTION = 0.1
+PURE_AIR_MEAN_HU = -975.0               # outside air and gas average about -1000 HU, lung parenchyma -950 to -850
 
 
 def lung_volume_l(mask: sitk.Image) -> float:
@@ -51,7 +62,8 @@ def check_lung_volume(mask: sitk.Image, min_volume_l: float) -> float:
     """Lung volume in litres; SubjectError when it is below ``min_volume_l`` (empty or implausible mask)."""
     volume = lung_volume_l(mask)
     if volume < min_volume_l:
-        raise SubjectError(f"implausible lung mask: volume {volume:.3g} L < {min_volume_l:g} L")
+        raise SubjectError(f"implausible lung mask: volume {volume:.3g} L < {min_volume_l:g} L",
+                           code="lung_volume")
     return volume
 
 
@@ -139,9 +151,16 @@ def _airways(ct: sitk.Image, candidate: np.ndarray) -> tuple[tuple[slice, ...], 
     return None
 
 
-def _border_connected(region: np.ndarray, si_axis: int) -> np.ndarray:
+def _pure_air(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Per label of ``labels`` (0 included), whether the mean HU of its voxels is below PURE_AIR_MEAN_HU."""
+    counts = np.bincount(labels.ravel())
+    sums = np.bincount(labels.ravel(), weights=hu.ravel())
+    return sums < PURE_AIR_MEAN_HU * np.maximum(counts, 1)
+
+
+def _border_connected(region: np.ndarray, si_axis: int, hu: np.ndarray | None = None) -> np.ndarray:
     """Voxels of ``region`` ([z, y, x] bool) connected, within their slice across ``si_axis``,
-    to that slice's border."""
+    to that slice's border; with ``hu``, only components of pure air (:func:`_pure_air`)."""
     structure = np.zeros((3, 3, 3), bool)
     plane = [slice(None)] * 3
     plane[si_axis] = 1
@@ -153,45 +172,95 @@ def _border_connected(region: np.ndarray, si_axis: int) -> np.ndarray:
     touching = np.zeros(labels.max() + 1, bool)
     touching[border] = True
     touching[0] = False                                              # label 0 is outside ``region``
+    if hu is not None:
+        touching &= _pure_air(labels, hu)
     return touching[labels]
 
 
 def threshold_segmentation(ct: sitk.Image) -> sitk.Image:
     """Lung mask of a CT in HU by thresholding (steps in the module docstring); uint8 on the CT's grid."""
-    air = sitk.GetArrayViewFromImage(ct) < LUNG_MAX_HU
+    hu = sitk.GetArrayViewFromImage(ct)
+    air = hu < LUNG_MAX_HU
     si_axis, _, _ = _axes(ct)
-    candidate = air & ~_border_connected(air, si_axis)
+    candidate = air & ~_border_connected(air, si_axis, hu)
     airways = _airways(ct, candidate)
     if airways is not None:
         # one voxel more than the grown lumen: its partial-volume rim is above the growing threshold
         box, lumen = airways
         candidate[box] &= ~ndimage.binary_dilation(lumen, ndimage.generate_binary_structure(3, 1))
     pieces, _ = ndimage.label(candidate)
-    sizes = np.bincount(pieces.ravel())[1:]
+    sizes = np.where(_pure_air(pieces, hu), 0, np.bincount(pieces.ravel()))[1:]
     order = np.argsort(sizes)[::-1]
     keep = order[:2] if len(sizes) > 1 and sizes[order[1]] >= SECOND_LUNG_MIN_FRACTION * sizes[order[0]] else order[:1]
-    lungs = np.isin(pieces, keep + 1)
+    lungs = np.isin(pieces, keep[sizes[keep] > 0] + 1)
     filled = ~_border_connected(~lungs, si_axis)
     out = sitk.GetImageFromArray(filled.astype(np.uint8))
     out.CopyInformation(ct)
     return out
 
 
-def require_lungmask() -> None:
-    """UserError unless the optional ``lungmask`` package can be imported."""
+#: Computed lung-mask backends; the optional ones import their package only when used.
+BACKENDS = ("threshold", "lungmask", "totalsegmentator")
+#: What each optional backend needs: (module to import, pip name, weights).
+_NEEDS = {"lungmask": ("lungmask", "lungmask", "the R231 weights file (unet_r231-d5d2fc3d.pth)"),
+          "totalsegmentator": ("totalsegmentator.python_api", "TotalSegmentator",
+                               "the TotalSegmentator weights folder (TOTALSEG_WEIGHTS_PATH, holding Dataset*/)")}
+TOTALSEG_LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
+                  "lung_middle_lobe_right", "lung_lower_lobe_right")
+
+
+def require_backend(name: str, model_path: str | None) -> Path | None:
+    """The local weights path of backend ``name``; UserError unless its package imports and, for an optional
+    backend, ``model_path`` exists (nothing is downloaded at run time)."""
+    if name not in _NEEDS:
+        return None
+    module, package, weights = _NEEDS[name]
     try:
-        import lungmask  # noqa: F401
+        importlib.import_module(module)
     except ImportError as exc:
-        raise UserError("--lung-seg lungmask needs the optional package 'lungmask' (pip install lungmask); "
-                        "or use --lung-seg threshold") from exc
+        raise UserError(f"--lung-seg {name} needs the optional package {package!r} (pip install {package} or "
+                        f"pip install 'copd-ifm[{name}]'); or use --lung-seg threshold") from exc
+    if not model_path or not Path(model_path).exists():
+        raise UserError(f"--lung-seg {name}: set the cohort's lung_model_path to {weights} on this machine "
+                        f"(now {model_path or 'unset'}); models are never downloaded at run time")
+    return Path(model_path)
 
 
-def lungmask_segmentation(ct: sitk.Image) -> sitk.Image:
-    """Lung mask from the ``lungmask`` U-net (Hofmanninger et al. 2020); uint8 on the CT's grid."""
-    require_lungmask()
+def lungmask_segmentation(ct: sitk.Image, model_path: str | None = None) -> sitk.Image:
+    """Lung mask from the ``lungmask`` U-net (Hofmanninger et al. 2020) with local weights; uint8 on the CT's grid."""
+    weights = require_backend("lungmask", model_path)
     from lungmask import LMInferer
 
-    labels = LMInferer().apply(sitk.Cast(ct, sitk.sitkInt16))        # [z, y, x]: 0 background, 1/2 lungs
+    inferer = LMInferer(modelpath=str(weights), tqdm_disable=True)
+    labels = inferer.apply(sitk.Cast(ct, sitk.sitkInt16))            # [z, y, x]: 0 background, 1/2 lungs
     out = sitk.GetImageFromArray((np.asarray(labels) > 0).astype(np.uint8))
     out.CopyInformation(ct)
     return out
+
+
+def totalsegmentator_segmentation(ct: sitk.Image, model_path: str | None = None) -> sitk.Image:
+    """Lung mask as the union of TotalSegmentator's five lobes (local weights); uint8 on the CT's grid."""
+    weights = require_backend("totalsegmentator", model_path)
+    os.environ["TOTALSEG_WEIGHTS_PATH"] = str(weights)              # read by TotalSegmentator when it runs
+    from totalsegmentator.python_api import totalsegmentator
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="totalseg-") as tmp:
+        source = Path(tmp) / "ct.nii.gz"
+        sitk.WriteImage(sitk.Cast(ct, sitk.sitkInt16), str(source))
+        totalsegmentator(source, Path(tmp) / "seg", roi_subset=list(TOTALSEG_LOBES), quiet=True,
+                         device="gpu" if torch.cuda.is_available() else "cpu")
+        lobes = [sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / "seg" / f"{lobe}.nii.gz"))) > 0
+                 for lobe in TOTALSEG_LOBES]
+    union = np.logical_or.reduce(lobes)
+    if union.shape != sitk.GetArrayViewFromImage(ct).shape:
+        raise SubjectError(f"TotalSegmentator returned a mask of shape {union.shape} for a CT of "
+                           f"{sitk.GetArrayViewFromImage(ct).shape}", code="segmentation")
+    out = sitk.GetImageFromArray(union.astype(np.uint8))
+    out.CopyInformation(ct)
+    return out
+
+
+SEGMENTERS = {"threshold": lambda ct, _: threshold_segmentation(ct), "lungmask": lungmask_segmentation,
+              "totalsegmentator": totalsegmentator_segmentation}

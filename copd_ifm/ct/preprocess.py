@@ -37,7 +37,7 @@ from copd_ifm.cohort.config import CohortConfig, read_manifest_csv
 from copd_ifm.ct import store as st
 from copd_ifm.ct.graph import landmark_graph
 from copd_ifm.ct.landmarks import atlas_landmarks, landmark_table, step_voxels
-from copd_ifm.ct.lung_mask import require_lungmask
+from copd_ifm.ct.lung_mask import BACKENDS, require_backend
 from copd_ifm.ct.store import PatchStore
 from copd_ifm.ct.subject import Settings, SubjectTask, crash_record, init_worker, run_subject, work
 from copd_ifm.errors import UserError
@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 
 #: Config fields that change what the store holds: a store built with other values is not reused.
 STORE_FIELDS = ("spacing_mm", "patch_size", "landmark_step_mm", "landmark_min_lung_fraction", "lung_seg",
-                "min_lung_volume_l", "registration")
+                "min_lung_volume_l", "registration", "dicom", "fov", "lung_model_path")
+#: STORE_FIELDS added after stores were first written.
+LATER_FIELDS = ("dicom", "fov", "lung_model_path")
 SID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 QC_SAMPLES = 8
-LUNG_SEG = ("auto", "threshold", "lungmask")
+LUNG_SEG = ("auto",) + BACKENDS
 
 
 def read_manifest(cohort: CohortConfig, qc_samples: int = QC_SAMPLES) -> list[SubjectTask]:
@@ -75,7 +77,8 @@ def read_manifest(cohort: CohortConfig, qc_samples: int = QC_SAMPLES) -> list[Su
         image = str(item.image).strip()
         mask = str(getattr(item, "lung_mask", "") or "").strip()
         tasks.append(SubjectTask(sid, cohort.root / image if image else None,
-                                 cohort.root / mask if mask else None, qc=len(tasks) < qc_samples))
+                                 cohort.root / mask if mask else None, qc=len(tasks) < qc_samples,
+                                 series_uid=str(getattr(item, "series_uid", "") or "").strip()))
     if not tasks:
         raise UserError(f"{path}: no subjects (add rows sid,image)")
     return tasks
@@ -106,7 +109,8 @@ def prepare_store(cohort: CohortConfig, out: Path, force: bool = False) -> Setti
         existing = out / st.CONFIG
         before = (yaml.safe_load(existing.read_text(encoding="utf-8")) or {}) if existing.is_file() else {}
         if before:
-            changed = sorted(k for k in now if before.get(k) != now[k])
+            # a store from before a field existed was built without it: its subjects redo (settings hash)
+            changed = sorted(k for k in now if before.get(k, now[k] if k in LATER_FIELDS else None) != now[k])
             if changed:
                 raise UserError(f"{out} was built with other settings ({', '.join(changed)} differ); "
                                 "use another --out or delete that store")
@@ -122,7 +126,8 @@ def prepare_store(cohort: CohortConfig, out: Path, force: bool = False) -> Setti
             cfg.save_resolved(cohort, out / st.CONFIG)               # --force: the store now follows this manifest
     return Settings(store=out, spacing_mm=cohort.spacing_mm, patch_size=cohort.patch_size,
                     lung_seg=cohort.lung_seg, min_lung_volume_l=cohort.min_lung_volume_l,
-                    registration=cohort.registration,
+                    registration=cohort.registration, dicom=cohort.dicom, fov=cohort.fov,
+                    lung_model_path=cohort.lung_model_path,
                     direction=tuple(load_atlas_mask(cohort.spacing_mm).GetDirection()),
                     landmarks_mm=table[["x_mm", "y_mm", "z_mm"]].to_numpy(), settings_hash=st.settings_hash(now))
 
@@ -188,8 +193,10 @@ def _progress(records: Iterable[tuple[dict[str, Any], bool]], total: int, name: 
                                        dynamic_ncols=True) as bar:
         for record, skipped in records:
             counts["skipped" if skipped else record["status"]] += 1
+            if record.get("series_note") and not skipped:
+                log.info("%s: %s", record["sid"], record["series_note"])
             if record["status"] != "ok":
-                reasons[record["error"].split(":")[0]] += 1
+                reasons[record.get("reason_code") or "other"] += 1
                 log.warning("%s failed: %s", record["sid"], record["error"])
             bar.set_postfix(ok=counts["ok"] + counts["skipped"], failed=counts["failed"], refresh=False)
             bar.update()
@@ -219,8 +226,7 @@ def preprocess_cohort(cohort: CohortConfig, out: Path | None = None, workers: in
         if lung_seg not in LUNG_SEG:
             raise UserError(f"--lung-seg {lung_seg!r}: choose one of {', '.join(LUNG_SEG)}")
         cohort = dataclasses.replace(cohort, lung_seg=lung_seg)
-    if cohort.lung_seg == "lungmask":
-        require_lungmask()
+    require_backend(cohort.lung_seg, cohort.lung_model_path)
     from copd_ifm.cohort.synthetic import ensure_cohort   # generates a synthetic cohort on first use
 
     ensure_cohort(cohort)

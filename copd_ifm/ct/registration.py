@@ -57,7 +57,7 @@ def crop_to_mass(image: sitk.Image, margin: int = CROP_MARGIN) -> sitk.Image:
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(sitk.Cast(image > 0, sitk.sitkUInt8))
     if not stats.HasLabel(1):
-        raise SubjectError("empty lung mask at the registration spacing")
+        raise SubjectError("empty lung mask at the registration spacing", code="empty_mask")
     box = stats.GetBoundingBox(1)
     low = [max(0, b - margin) for b in box[:3]]
     high = [min(n, b + w + margin) for b, w, n in zip(box[:3], box[3:], image.GetSize())]
@@ -94,7 +94,7 @@ def _moments(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     points = np.asarray(image.GetOrigin()) + (zyx[:, ::-1] * np.asarray(image.GetSpacing())) @ d.T
     total = weights.sum()
     if not total > 0:
-        raise SubjectError("empty lung mask at the registration spacing")
+        raise SubjectError("empty lung mask at the registration spacing", code="empty_mask")
     centre = weights @ points / total
     spread = np.sqrt(weights @ (points - centre) ** 2 / total)
     return centre, spread
@@ -173,18 +173,20 @@ def register_masks(fixed: sitk.Image, moving: sitk.Image, reg: RegistrationConfi
             refine.Execute(fixed, moving)
             transform = sitk.CompositeTransform([transform, bspline])   # applies the B-spline first
     except RuntimeError as exc:
-        raise SubjectError(f"registration failed: {str(exc).splitlines()[-1].strip()[:160]}") from exc
+        raise SubjectError(f"registration failed: {str(exc).splitlines()[-1].strip()[:160]}",
+                           code="registration") from exc
     matrix = affine_part(transform)
     if not (np.all(np.isfinite(transform.GetParameters())) and np.all(np.isfinite(matrix))):
-        raise SubjectError("registration diverged: non-finite transform parameters")
+        raise SubjectError("registration diverged: non-finite transform parameters", code="registration")
     det = float(np.linalg.det(matrix))
     limit = math.log1p(reg.max_scale_change)
     if not det > 0 or abs(math.log(det)) > limit:
         raise SubjectError(f"registration diverged: volume scale {det:.3g} outside "
-                           f"[{math.exp(-limit):.3g}, {math.exp(limit):.3g}] (registration.max_scale_change)")
+                           f"[{math.exp(-limit):.3g}, {math.exp(limit):.3g}] (registration.max_scale_change)",
+                           code="registration")
     overlap = dice(fixed, moving, transform)
     if overlap < MIN_DICE:
-        raise SubjectError(f"registration diverged: Dice {overlap:.2f} < {MIN_DICE} with the atlas mask")
+        raise SubjectError(f"registration diverged: Dice {overlap:.2f} < {MIN_DICE} with the atlas mask", code="registration")
     return Registration(transform, overlap, det ** (1 / 3))
 
 

@@ -9,10 +9,12 @@ Layout of a store folder::
     graph.pt             plain tensors (torch.save of a dict, read with weights_only=True):
                          x [L, 3] float32, pos [L, 3] float32, edge_index [2, E] int64
     index.csv            one row per processed subject (INDEX_COLUMNS), merged from records/
-    failures.csv         sid, reason (one line) of every failed subject
+    failures.csv         sid, reason (one line), code (reason code) of every failed subject
     patches/<sid>.npy    [L, P, P, P] int16 HU clipped to [-1024, 240], axes (z, y, x)
     centers/<sid>.npy    [L, 3] float32 mapped corners, continuous (x, y, z) subject voxel indices
                          on the isotropic grid; patch l starts at their rounding
+    outside/<sid>.npy    [L] float32 share of each patch's voxels outside the subject grid (they read
+                         -1024 HU); subjects with too many patches half outside fail (copd_ifm.ct.fov)
     records/<sid>.json   one subject's index row (each written by exactly one process) plus
                          ``inputs`` (identity of its image and mask files, see
                          :func:`input_identity`) and ``settings_hash``;
@@ -50,14 +52,19 @@ LANDMARKS_NPY = "landmarks.npy"
 GRAPH = "graph.pt"
 INDEX = "index.csv"
 FAILURES = "failures.csv"
-PATCHES, CENTERS, RECORDS, QC = "patches", "centers", "records", "qc"
+PATCHES, CENTERS, OUTSIDE, RECORDS, QC = "patches", "centers", "outside", "records", "qc"
 
+#: The DICOM series a subject was read from (empty for image files), see copd_ifm.ct.dicom.SeriesRead.record.
+SERIES_COLUMNS = ("series_uid", "series_description", "series_kernel", "series_slices", "slice_thickness_mm",
+                  "slice_step_mm", "transfer_syntax")
 #: Per-subject timing columns (seconds), in pipeline order.
 STAGES = ("read", "mask", "register", "patches", "densitometry", "write", "qc")
 INDEX_COLUMNS = (["sid", "status", "n_patches", "sha1", "laa950_pct", "perc15_hu", "lung_volume_l", "lung_mean_hu",
                   "mask_source", "dice", "scale", "n_partial", "seconds", "cpu_s"]
-                 + [f"{s}_s" for s in STAGES] + ["image", "error"])
-TEXT_COLUMNS = ("sid", "status", "sha1", "mask_source", "image", "error")
+                 + [f"{s}_s" for s in STAGES] + ["image", "error"]
+                 + ["reason_code", "lung_edge_fraction", "landmarks_outside"] + list(SERIES_COLUMNS))
+TEXT_COLUMNS = ("sid", "status", "sha1", "mask_source", "image", "error", "reason_code", "series_uid",
+                "series_description", "series_kernel", "transfer_syntax")
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -139,12 +146,15 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def is_done(store: Path, sid: str, image: Path | None = None, mask: Path | None = None,
-            settings: str = "") -> dict[str, Any] | None:
+            settings: str = "", series_uid: str = "") -> dict[str, Any] | None:
     """The record of ``sid`` if it is ``ok``, was made from these ``image`` and ``mask`` files (see
-    :func:`same_input`) with these ``settings`` (:func:`settings_hash`), and its patch file and centres
-    exist with the patch checksum matching; else None (the subject is processed again)."""
+    :func:`same_input`) with these ``settings`` (:func:`settings_hash`) and this manifest ``series_uid``,
+    and its patch file and centres exist with the patch checksum matching; else None (the subject is
+    processed again)."""
     record = read_record(store, sid)
     if not record or record.get("status") != "ok" or record.get("settings_hash") != settings:
+        return None
+    if record.get("series_requested", "") != series_uid:
         return None
     inputs = record.get("inputs") or {}
     try:
@@ -179,7 +189,8 @@ def merge_records(store: Path, sids: list[str]) -> pd.DataFrame:
         index["error"] = index["error"].fillna("")
         write_csv(store / INDEX, index)
         failed = index[index["status"] != "ok"]
-        write_csv(store / FAILURES, pd.DataFrame({"sid": failed["sid"], "reason": failed["error"]}))
+        write_csv(store / FAILURES, pd.DataFrame({"sid": failed["sid"], "reason": failed["error"],
+                                                  "code": failed["reason_code"].fillna("")}))
     return index
 
 
@@ -290,9 +301,10 @@ class PatchStore:
 
     @property
     def failures(self) -> pd.DataFrame:
-        """``sid, reason`` of the failed subjects."""
+        """``sid, reason, code`` of the failed subjects."""
         failed = self.index[self.index["status"] != "ok"]
-        return pd.DataFrame({"sid": failed["sid"], "reason": failed["error"]}).reset_index(drop=True)
+        codes = failed["reason_code"] if "reason_code" in failed else ""
+        return pd.DataFrame({"sid": failed["sid"], "reason": failed["error"], "code": codes}).reset_index(drop=True)
 
     def densitometry(self) -> pd.DataFrame:
         """``sid, laa950_pct, perc15_hu, lung_volume_l`` of the ok subjects, sorted by sid."""
@@ -311,6 +323,10 @@ class PatchStore:
     def centers(self, sid: str) -> np.ndarray:
         """[L, 3] float32 mapped corners of ``sid`` (continuous x, y, z voxel indices)."""
         return np.load(self._file(CENTERS, sid))
+
+    def outside(self, sid: str) -> np.ndarray:
+        """[L] float32 share of each patch of ``sid`` outside its image (those voxels read -1024 HU)."""
+        return np.load(self._file(OUTSIDE, sid))
 
     def subject_graph(self, sid: str) -> torch.Tensor:
         """The anchor's overlap graph of ``sid`` from its mapped corners: ``edge_index`` ``[2, E]`` with self loops."""
