@@ -6,3 +6,26 @@ import warnings
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
+
+#: ``encoder.json`` ``kind`` → the module whose ``build_encoder(tensors, spec)`` rebuilds that encoder.
+_BUILDERS = {"ct-context": "copd_ifm.context.export", "vision": "natural_images.export"}
+
+
+def load_encoder(folder, device="cpu"):
+    """An encoder exported by ``copd-ifm export`` → ``(module in eval mode, spec)``; no pickle is read.
+
+    ``spec`` is ``encoder.json``: the preprocessing the inputs need and the model settings. Weights come
+    from ``encoder.safetensors`` after every file's SHA-256 is checked against ``SHA256SUMS``.
+    """
+    import importlib
+
+    from copd_ifm.contrastive.export import read_bundle
+    from copd_ifm.errors import UserError
+
+    tensors, spec = read_bundle(folder)
+    kind = spec.get("kind")
+    if kind not in _BUILDERS:
+        raise UserError(f"{folder}: encoder kind {kind!r} is unknown to copd-ifm {__version__} "
+                        f"(knows {', '.join(_BUILDERS)}); upgrade copd-ifm")
+    module = importlib.import_module(_BUILDERS[kind]).build_encoder(tensors, spec)
+    return module.to(device).eval(), spec

@@ -14,10 +14,11 @@ from typing import Sequence
 
 from copd_ifm.cli.args import Parser, common, fmt
 from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
+from copd_ifm.cli.export import add_export_parser
 from copd_ifm.cli.vision import add_vision_parsers
 from copd_ifm.errors import UserError
 
-STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study")
+STAGES = ("synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="study_cmd", metavar="STUDY", parser_class=Parser)
     ssub.required = True
     add_study_parsers(ssub)
+    add_export_parser(sub)
     return parser
 
 
