@@ -1,5 +1,13 @@
 """copd-ifm: implicit feature modification for self-supervised lung-CT and natural-image encoders."""
+from __future__ import annotations
+
 import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    import torch
 
 # MONAI and torch-geometric script functions at import time; torch >= 2.9 warns about it in
 # every process (also each data-loading worker). It is not ours to fix and says nothing to users.
@@ -11,7 +19,7 @@ __version__ = "0.1.0"
 _BUILDERS = {"ct-context": "copd_ifm.context.export", "vision": "natural_images.export"}
 
 
-def load_encoder(folder, device="cpu"):
+def load_encoder(folder: str | PathLike[str], device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """An encoder exported by ``copd-ifm export`` → ``(module in eval mode, spec)``; no pickle is read.
 
     ``spec`` is ``encoder.json``: the preprocessing the inputs need and the model settings. Weights come

@@ -111,3 +111,16 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
               "--epochs", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--set", "data.limit=16",
               "--set", "knn.every=0", "--set", "model.width=0.25", "--set", "amp=false")
     assert "run folder: vrun (epochs 1/1" in out
+    run(cli, "export", "--run", "ctrun", "--out", "ctenc")
+    run(cli, "export", "--run", "vrun", "--out", "venc")
+    assert run(python, "-c", LOAD_ENCODERS).split() == ["ct-context", "vision", "128"]
+
+
+LOAD_ENCODERS = """
+import torch, copd_ifm
+ct, spec = copd_ifm.load_encoder("ctenc")
+nodes, feats = ct(torch.zeros(spec["landmarks"]["count"], 1, 8, 8, 8), ct.edge_index)
+assert nodes.shape == feats.shape == (spec["landmarks"]["count"], 16)
+backbone, vspec = copd_ifm.load_encoder("venc")
+print(spec["kind"], vspec["kind"], backbone(torch.zeros(2, 3, 16, 16)).shape[1])
+"""

@@ -103,7 +103,9 @@ def verify_sums(folder: Path) -> None:
     if not sums.is_file():
         raise UserError(f"{folder}: no {SUMS}; the export is incomplete, export the run again")
     for line in sums.read_text(encoding="utf-8").splitlines():
-        digest, name = line.split("  ", 1)
+        digest, _, name = line.partition("  ")
+        if not name:
+            raise UserError(f"{sums}: line {line[:60]!r} is not 'SHA256  NAME'; export the encoder again")
         path = folder / name
         if not path.is_file() or sha256(path) != digest:
             raise UserError(f"{path}: {'missing' if not path.is_file() else 'SHA-256 differs from ' + SUMS}; the "
