@@ -84,6 +84,11 @@ def test_loaded_encoder_reads_no_pickle_and_matches_the_traced_copy(ct_export, m
         t_nodes, t_feats = traced(patches, encoder.edge_index)
     assert nodes.shape == feats.shape == (spec["landmarks"]["count"], 16)
     assert torch.allclose(nodes, t_nodes, atol=1e-5) and torch.allclose(feats, t_feats, atol=1e-5)
+    # The loaded module is an ordinary one: it can be fine-tuned (gradients reach the first convolution).
+    nodes, _ = encoder.train()(patches, encoder.edge_index)
+    nodes.pow(2).sum().backward()
+    first = next(p for p in encoder.patch_encoder.parameters() if p.dim() == 5)
+    assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def test_exported_encoder_gives_the_runs_features_and_embeds_a_new_cohort(ct_export, tiny_cohort, tmp_path):
@@ -176,9 +181,17 @@ def test_onnx_without_its_extra_is_one_line_and_writes_nothing(ct_export, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
-def test_onnx_export_matches_eager(tmp_path):
+def test_onnx_export_matches_eager(ct_export, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    assert main(["export", "--run", str(ct_export[0]), "--out", str(tmp_path / "ct"), "--format", "onnx"]) == 0
+    encoder, spec = copd_ifm.load_encoder(tmp_path / "ct")
+    patches = torch.empty(spec["landmarks"]["count"], 1, 8, 8, 8).uniform_(-1, 1, generator=torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(tmp_path / "ct" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"patches": patches.numpy(), "edge_index": encoder.edge_index.numpy()})
+    with torch.no_grad():
+        want = encoder(patches, encoder.edge_index)
+    assert all(np.allclose(g, w.numpy(), atol=1e-5) for g, w in zip(got, want))
     write_cifar10(tmp_path / "data")
     vision_pretrain(_tiny(tmp_path / "data", "cifar10", **{"epochs": 1, "knn.every": 0, "data.verify": False}), tmp_path / "run")
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "enc"), "--format", "onnx"]) == 0

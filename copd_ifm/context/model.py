@@ -54,6 +54,8 @@ class SubjectEncoder(nn.Module):
     ``forward(patches, edge_index)``: one subject's ``[L, 1, P, P, P]`` network intensities and its context
     graph ``[2, E]`` (``self.edge_index``, the lattice, unless the run used each subject's own graph) →
     ``(node embeddings [L, F], patch features [L, F])``; their means over landmarks are the subject features.
+    It runs in the module's own mode and keeps gradients (fine-tuning); ``extract`` calls it in eval mode
+    under ``torch.no_grad``.
     """
 
     def __init__(self, patch: LocationJoin | PatchEncoder, graph: GraphEncoder, landmark_coords: Tensor,
@@ -64,7 +66,7 @@ class SubjectEncoder(nn.Module):
         self.register_buffer("edge_index", edge_index.long())
 
     def forward(self, patches: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        feats = frozen_features(self.patch_encoder, self.landmark_coords, patches[None])
+        feats = self.patch_encoder.features(patches, self.landmark_coords.to(patches.dtype))
         return self.graph_encoder.node_embeddings(feats, edge_index), feats
 
 
