@@ -35,5 +35,10 @@ def load_encoder(folder: str | PathLike[str], device: str | torch.device = "cpu"
     if kind not in _BUILDERS:
         raise UserError(f"{folder}: encoder kind {kind!r} is unknown to copd-ifm {__version__} "
                         f"(knows {', '.join(_BUILDERS)}); upgrade copd-ifm")
-    module = importlib.import_module(_BUILDERS[kind]).build_encoder(tensors, spec)
+    try:
+        module = importlib.import_module(_BUILDERS[kind]).build_encoder(tensors, spec)
+    except (KeyError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{folder}: encoder.safetensors does not fit the model in encoder.json ({reason}); the "
+                        f"folder was edited or mixed, export the run again") from None
     return module.to(device).eval(), spec

@@ -128,7 +128,12 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
 def file_sha1(path: str | Path) -> str:
     """SHA-1 of a file's bytes (read in 8 MiB blocks)."""
-    digest = hashlib.sha1()
+    return file_digest(path, "sha1")
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes with a :mod:`hashlib` ``algorithm`` (read in 8 MiB blocks)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 23), b""):
             digest.update(block)

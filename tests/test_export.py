@@ -132,7 +132,13 @@ def test_store_with_other_settings_and_newer_format_are_one_line(ct_export, tiny
     code = main(["extract", "--encoder", str(newer), "--cohort", str(tiny_cohort.manifest_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "format version 2" in err and "upgrade copd-ifm" in err
+    from copd_ifm.contrastive.export import write_sums
+
+    (newer / "encoder.json").write_text(json.dumps({**spec, "model": {**spec["model"], "feat_dim": 32}}))
+    with pytest.raises(UserError, match="does not fit the model in encoder.json"):
+        copd_ifm.load_encoder(write_sums(newer))        # consistent sums, inconsistent folder
     (newer / "encoder.json").write_text(json.dumps(spec))
+    write_sums(newer)
     weights = bytearray((newer / "encoder.safetensors").read_bytes())
     weights[-1] ^= 1
     (newer / "encoder.safetensors").write_bytes(bytes(weights))

@@ -14,7 +14,6 @@ Domain-free: CT and vision exporters hand :func:`write_bundle` their tensors, sp
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from copd_ifm.errors import UserError
-from copd_ifm.files import atomic_write, atomic_write_text
+from copd_ifm.files import atomic_write, atomic_write_text, file_digest
 
 FORMAT = "copd-ifm-encoder"
 FORMAT_VERSION = 1
@@ -37,11 +36,7 @@ TRACE_ATOL = 1e-5
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def prepare_out(out: str | Path, fmt: str | None = None) -> Path:
