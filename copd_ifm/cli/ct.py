@@ -221,10 +221,10 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--run", help="run folder written by pretrain")
     source.add_argument("--encoder", help="folder written by `copd-ifm export`: the cohort is preprocessed with its "
                                           "store settings first")
-    p.add_argument("--cohort", default=None, help="cohort to embed (default: the run's cohort; needed with --encoder)")
+    p.add_argument("--cohort", default=None, help="cohort to embed; unset: the run's cohort (needed with --encoder)")
     p.add_argument("--out", default=None,
-                   help="features table (default: RUN/features.parquet; with --encoder <cohort>-<run>-features.parquet)")
-    p.add_argument("--store", default=None, help="with --encoder: patch store folder (default: the cohort's store)")
+                   help="features table; unset: RUN/features.parquet, with --encoder <cohort>-<run>-features.parquet")
+    p.add_argument("--store", default=None, help="with --encoder: patch store folder; unset: the cohort's store")
     p.add_argument("--workers", type=workers, default=2, help="with --encoder: preprocessing processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     common(p)
