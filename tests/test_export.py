@@ -148,14 +148,20 @@ def test_store_with_other_settings_and_newer_format_are_one_line(ct_export, tiny
         main(["export", "--run", str(ct_export[0]), "--out", str(newer), "--debug"])
 
 
-def test_vision_export_loads_into_plain_torchvision(tmp_path):
+@pytest.fixture(scope="module")
+def vision_run(tmp_path_factory):
+    """A 1-epoch SimCLR ResNet-18 (width 1, CIFAR stem) on tiny CIFAR-10 files."""
+    root = tmp_path_factory.mktemp("vision_export")
+    write_cifar10(root / "data")
+    vision_pretrain(_tiny(root / "data", "cifar10", **{"epochs": 1, "knn.every": 0, "data.verify": False}),
+                    root / "run")
+    return root / "run"
+
+
+def test_vision_export_loads_into_plain_torchvision(vision_run, tmp_path):
     import torchvision
 
-    write_cifar10(tmp_path / "data")
-    config = _tiny(tmp_path / "data", "cifar10", **{"epochs": 1, "knn.every": 0, "data.verify": False})
-    vision_pretrain(config, tmp_path / "run")
-    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "enc"),
-                 "--format", "torchscript"]) == 0
+    assert main(["export", "--run", str(vision_run), "--out", str(tmp_path / "enc"), "--format", "torchscript"]) == 0
     backbone, spec = copd_ifm.load_encoder(tmp_path / "enc")
     assert spec["kind"] == "vision" and spec["torchvision"]["compatible"] and spec["model"]["stem"] == "cifar"
     assert spec["input"]["image_size"] == 8 and spec["input"]["mean"] == [0.4914, 0.4822, 0.4465]
@@ -166,7 +172,7 @@ def test_vision_export_loads_into_plain_torchvision(tmp_path):
     net.load_state_dict(load_file(str(tmp_path / "enc" / "encoder.safetensors")))
     from natural_images.run import load_encoder as run_encoder
 
-    trained, _ = run_encoder(tmp_path / "run")
+    trained, _ = run_encoder(vision_run)
     images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = trained(images)
@@ -187,7 +193,7 @@ def test_onnx_without_its_extra_is_one_line_and_writes_nothing(ct_export, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
-def test_onnx_export_matches_eager(ct_export, tmp_path):
+def test_onnx_export_matches_eager(ct_export, vision_run, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     assert main(["export", "--run", str(ct_export[0]), "--out", str(tmp_path / "ct"), "--format", "onnx"]) == 0
@@ -198,11 +204,25 @@ def test_onnx_export_matches_eager(ct_export, tmp_path):
     with torch.no_grad():
         want = encoder(patches, encoder.edge_index)
     assert all(np.allclose(g, w.numpy(), atol=1e-5) for g, w in zip(got, want))
-    write_cifar10(tmp_path / "data")
-    vision_pretrain(_tiny(tmp_path / "data", "cifar10", **{"epochs": 1, "knn.every": 0, "data.verify": False}), tmp_path / "run")
-    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "enc"), "--format", "onnx"]) == 0
+    assert main(["export", "--run", str(vision_run), "--out", str(tmp_path / "enc"), "--format", "onnx"]) == 0
     backbone, _ = copd_ifm.load_encoder(tmp_path / "enc")
     images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     session = ort.InferenceSession(str(tmp_path / "enc" / "encoder.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         assert np.allclose(session.run(None, {"images": images.numpy()})[0], backbone(images).numpy(), atol=1e-5)
+
+
+class _FrozenByTrace(nn.Module):
+    """Scales by its input's max: a trace turns the example's max into a constant."""
+
+    def forward(self, x):
+        return x * float(x.abs().max())
+
+
+def test_a_trace_that_froze_its_example_is_refused(tmp_path):
+    from copd_ifm.contrastive.export import write_traced
+
+    torch.manual_seed(0)
+    with pytest.raises(UserError, match="differs from the eager one"):
+        write_traced(tmp_path, "torchscript", _FrozenByTrace(), (torch.full((4, 64), 0.5),), ["x"], ["y"])
+    assert write_traced(tmp_path, "torchscript", nn.Linear(64, 3), (torch.full((4, 64), 0.5),), ["x"], ["y"]) <= 1e-5

@@ -129,20 +129,23 @@ def write_traced(out: Path, fmt: str, module: nn.Module, inputs: tuple[Tensor, .
                  outputs: Sequence[str]) -> float:
     """Save ``module`` (eval mode) as TorchScript or ONNX beside the weights; returns max |traced − eager|.
 
-    ONNX needs the ``onnx`` extra (onnx, onnxruntime for the check), see :func:`prepare_out`.
+    Traced on ``inputs``, checked on other values of the same shapes (every float input redrawn), so a
+    trace that froze its example's values is caught. ONNX needs the ``onnx`` extra, see :func:`prepare_out`.
     """
     module = module.eval()
+    fresh = tuple(torch.randn_like(x).clamp_(-1, 1) if x.is_floating_point() else x for x in inputs)
     with torch.no_grad():
-        eager = module(*inputs)
-    eager = eager if isinstance(eager, tuple) else (eager,)
+        eager = [module(*x) for x in (inputs, fresh)]
+    eager = [e if isinstance(e, tuple) else (e,) for e in eager]
     path = out / TRACED[fmt]
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is deprecated", category=FutureWarning)  # asked for
             traced = torch.jit.trace(module, inputs, check_trace=False)
             atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
-            again = torch.jit.load(str(path))(*inputs)
-        worst = _check_close(eager, again if isinstance(again, tuple) else (again,), fmt)
+            loaded = torch.jit.load(str(path))
+            got = [loaded(*x) for x in (inputs, fresh)]
+        got = [g if isinstance(g, tuple) else (g,) for g in got]
     else:
         import onnxruntime  # present: prepare_out checked
 
@@ -151,7 +154,8 @@ def write_traced(out: Path, fmt: str, module: nn.Module, inputs: tuple[Tensor, .
         atomic_write(path, lambda tmp: torch.onnx.export(module, inputs, str(tmp), input_names=list(names),
                                                          output_names=list(outputs), **legacy))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        worst = _check_close(eager, session.run(None, {n: x.numpy() for n, x in zip(names, inputs)}), fmt)
+        got = [session.run(None, {n: v.numpy() for n, v in zip(names, x)}) for x in (inputs, fresh)]
+    worst = max(_check_close(e, g, fmt) for e, g in zip(eager, got))
     write_sums(out)
     return worst
 
