@@ -83,10 +83,11 @@ def _cohort_size(cohort: CohortConfig) -> int | str:
 
 
 def _card(spec: dict[str, Any], summary: dict[str, Any], cohort: str, n_subjects: int | str, data_license: str) -> str:
-    history = summary.get("history") or [{}]
-    last = history[-1]
-    results = ["- last epoch: " + ", ".join(f"{k} {last[k]:.4g}" for k in ("patch_loss", "patch_acc", "graph_loss",
-                                                                          "graph_acc") if k in last)] if last else []
+    last = (summary.get("history") or [{}])[-1]
+    shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("patch_loss", "patch_acc", "graph_loss", "graph_acc") if k in last)
+    # A CT run folder records training losses only; read-outs come from `copd-ifm evaluate`.
+    results = [f"- training losses at the last epoch: {shown} (no read-out is recorded in a CT run folder; "
+               "`copd-ifm evaluate` gives one)"] if shown else []
     store = spec["store"]
     facts = {"data": f"CT cohort {cohort!r}", "cohort size": f"{n_subjects} subjects",
              "epochs": f"{spec['run']['epochs_done']} of {spec['run']['epochs']}",
@@ -99,7 +100,7 @@ def _card(spec: dict[str, Any], summary: dict[str, Any], cohort: str, n_subjects
     usage = """```python
 import copd_ifm
 encoder, spec = copd_ifm.load_encoder("THIS_FOLDER")
-nodes, patches = encoder(subject_patches, encoder.edge_index)   # [L, 1, P, P, P] -> [L, F], [L, F]
+nodes, feats = encoder(subject_patches, encoder.edge_index)   # [L, 1, P, P, P] -> [L, F], [L, F]
 ```
 New cohort: `copd-ifm extract --encoder THIS_FOLDER --cohort NEW.yaml` (preprocessed with `spec["store"]`)."""
     return bundle.model_card(
