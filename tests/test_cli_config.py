@@ -162,7 +162,9 @@ def test_zero_valued_flags_are_given_not_dropped():
 def test_default_configs_come_from_the_package_and_the_env_overrides(tmp_path, monkeypatch):
     from copd_ifm.files import package_path
 
-    assert cfg.CONFIG_DIR.resolve() == (Path(cfg.__file__).parents[1] / "configs").resolve()
+    monkeypatch.delenv("COPD_IFM_CONFIGS", raising=False)
+    # In a checkout the packaged folder is the top-level configs/ itself (one source for both installs).
+    assert cfg.default_config_dir().resolve() == (Path(cfg.__file__).parents[1] / "configs").resolve()
     assert cfg.default_config_dir() == package_path("copd_ifm", "configs")
     monkeypatch.setenv("COPD_IFM_CONFIGS", str(tmp_path))
     assert cfg.default_config_dir() == tmp_path
