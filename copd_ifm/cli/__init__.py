@@ -2,8 +2,8 @@
 
 Stages talk through files on disk (manifest, patch store, run folder, features
 table), so each can be rerun, sharded or replaced alone. The CT stages live in
-:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, the
-shared argument plumbing in :mod:`copd_ifm.cli.args`.
+:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, ``export`` (CT and
+vision runs) in :mod:`copd_ifm.cli.export`, the shared argument plumbing in :mod:`copd_ifm.cli.args`.
 """
 from __future__ import annotations
 
