@@ -47,10 +47,10 @@ def test_ct_export_folder_holds_weights_settings_card_and_sums(ct_export, tiny_c
     names = {p.name for p in enc.iterdir()}
     assert names == {"encoder.safetensors", "encoder.json", "MODEL_CARD.md", "README.md", "SHA256SUMS",
                      "encoder.torchscript.pt"}
-    sums = dict(reversed(line.split("  ")) for line in (enc / "SHA256SUMS").read_text().splitlines())
+    sums = dict(reversed(line.split("  ")) for line in (enc / "SHA256SUMS").read_text(encoding="utf-8").splitlines())
     assert sums == {n: _sha256(enc / n) for n in names - {"SHA256SUMS"}}
-    spec = json.loads((enc / "encoder.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
+    spec = json.loads((enc / "encoder.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert spec["format_version"] == 1 and spec["copd_ifm_version"] == copd_ifm.__version__
     assert spec["run"]["config_hash"] == summary["config_hash"]
     assert spec["store"]["spacing_mm"] == 4.0 and spec["store"]["patch_size"] == 8
@@ -61,7 +61,7 @@ def test_ct_export_folder_holds_weights_settings_card_and_sums(ct_export, tiny_c
     tensors = load_file(str(enc / "encoder.safetensors"))
     assert not any(k.startswith(("patch.", "graph.")) for k in tensors)          # no MoCo heads, queues, keys
     assert {"landmark_coords", "edge_index"} <= set(tensors)
-    card = (enc / "MODEL_CARD.md").read_text()
+    card = (enc / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "loss.epsilon" in card and "ε = 0.1" in card and "CC0-1.0 (synthetic phantoms)" in card
     assert f"cohort size: {len(PatchStore(tiny_cohort.store_path))} subjects" in card
 
@@ -111,7 +111,7 @@ def test_exported_encoder_gives_the_runs_features_and_embeds_a_new_cohort(ct_exp
     new = read_feature_sets(tmp_path / "new.parquet")
     assert sorted(new["run/graph"].index) == sorted(pd.read_csv(manifest)["sid"].astype(str))
     assert new["run/graph"].shape == (3, 16) and np.isfinite(new["run/patch"].to_numpy()).all()
-    built = yaml.safe_load((store / "config.yaml").read_text())
+    built = yaml.safe_load((store / "config.yaml").read_text(encoding="utf-8"))
     assert (built["spacing_mm"], built["patch_size"], built["landmark_step_mm"]) == (4.0, 8, 40.0)
 
 
@@ -120,24 +120,24 @@ def test_store_with_other_settings_and_newer_format_are_one_line(ct_export, tiny
     other = tmp_path / "other_store"
     other.mkdir()
     (other / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(
-        (tiny_cohort.store_path / "config.yaml").read_text()), "spacing_mm": 2.0}))
+        (tiny_cohort.store_path / "config.yaml").read_text(encoding="utf-8")), "spacing_mm": 2.0}), encoding="utf-8")
     with pytest.raises(UserError, match=r"spacing_mm=2\.0 but encoder .* needs spacing_mm=4\.0.*--store"):
         extract_with_encoder(enc, tiny_cohort, tmp_path / "x.parquet", store=other, device="cpu")
     newer = tmp_path / "newer"
     newer.mkdir()
     for p in enc.iterdir():
         (newer / p.name).write_bytes(p.read_bytes())
-    spec = json.loads((newer / "encoder.json").read_text())
-    (newer / "encoder.json").write_text(json.dumps({**spec, "format_version": 2}))
+    spec = json.loads((newer / "encoder.json").read_text(encoding="utf-8"))
+    (newer / "encoder.json").write_text(json.dumps({**spec, "format_version": 2}), encoding="utf-8")
     code = main(["extract", "--encoder", str(newer), "--cohort", str(tiny_cohort.manifest_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "format version 2" in err and "upgrade copd-ifm" in err
     from copd_ifm.contrastive.export import write_sums
 
-    (newer / "encoder.json").write_text(json.dumps({**spec, "model": {**spec["model"], "feat_dim": 32}}))
+    (newer / "encoder.json").write_text(json.dumps({**spec, "model": {**spec["model"], "feat_dim": 32}}), encoding="utf-8")
     with pytest.raises(UserError, match="does not fit the model in encoder.json"):
         copd_ifm.load_encoder(write_sums(newer))        # consistent sums, inconsistent folder
-    (newer / "encoder.json").write_text(json.dumps(spec))
+    (newer / "encoder.json").write_text(json.dumps(spec), encoding="utf-8")
     write_sums(newer)
     weights = bytearray((newer / "encoder.safetensors").read_bytes())
     weights[-1] ^= 1
