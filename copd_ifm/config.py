@@ -1,5 +1,9 @@
 """Typed configuration: YAML files in ``configs/`` loaded into dataclasses.
 
+The default configs ship inside the package (``copd_ifm/configs``; in a checkout a link to the
+top-level ``configs/``, their one source), so a wheel finds them as an editable install does;
+``$COPD_IFM_CONFIGS`` names another folder of the same layout instead.
+
 Every config class is a (nested) dataclass. :func:`from_dict` validates a plain
 mapping against it (unknown keys, wrong types and out-of-range values are
 rejected with a one-line :class:`~copd_ifm.errors.UserError` naming the file
@@ -23,12 +27,19 @@ from typing import Any, Mapping, Sequence, TypeVar, Union
 import yaml
 
 from copd_ifm.errors import UserError
-from copd_ifm.files import atomic_write_text
+from copd_ifm.files import atomic_write_text, package_path
 
 T = TypeVar("T")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = Path(os.environ.get("COPD_IFM_CONFIGS", PROJECT_ROOT / "configs"))
+
+
+def default_config_dir() -> Path:
+    """``$COPD_IFM_CONFIGS`` if set, else the configs shipped in the package (the one lookup of defaults)."""
+    override = os.environ.get("COPD_IFM_CONFIGS")
+    return Path(override) if override else package_path("copd_ifm", "configs")
+
+
+CONFIG_DIR = default_config_dir()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

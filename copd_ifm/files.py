@@ -1,4 +1,4 @@
-"""Files on disk, safely: atomic writes, cross-process locks, temp-file sweeps, ``{data_home}``.
+"""Files on disk, safely: atomic writes, cross-process locks, temp-file sweeps, ``{data_home}``, packaged data.
 
 Part of the floor: imports nothing of the project but :mod:`copd_ifm.errors`.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.resources
 import io
 import os
 import re
@@ -30,6 +31,16 @@ _TEMP_RE = re.compile(r"^\..+\.tmp(\d+)(\.[A-Za-z0-9.]+)?$")
 def data_home() -> Path:
     """Folder for generated cohorts, stores and datasets (``$COPD_IFM_HOME``, default ``~/.cache/copd-ifm``)."""
     return Path(os.environ.get("COPD_IFM_HOME", Path.home() / ".cache" / "copd-ifm")).expanduser()
+
+
+def package_path(package: str, *parts: str) -> Path:
+    """A data file or folder shipped inside ``package`` (found through :mod:`importlib.resources`, so an
+    editable checkout and an installed wheel resolve alike)."""
+    path = importlib.resources.files(package).joinpath(*parts)
+    if not isinstance(path, Path):
+        raise UserError(f"{package} is installed as a zip archive, so {'/'.join(parts)} has no file path; "
+                        f"install the wheel unpacked (pip install)")
+    return path
 
 
 def expand_home(text: str) -> Path:
@@ -117,7 +128,12 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
 def file_sha1(path: str | Path) -> str:
     """SHA-1 of a file's bytes (read in 8 MiB blocks)."""
-    digest = hashlib.sha1()
+    return file_digest(path, "sha1")
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes with a :mod:`hashlib` ``algorithm`` (read in 8 MiB blocks)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 23), b""):
             digest.update(block)

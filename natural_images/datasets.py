@@ -60,7 +60,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
-IMAGENET100_LIST = Path(__file__).with_name("data") / "imagenet100.txt"
+IMAGENET100_LIST = files.package_path("natural_images", "data", "imagenet100.txt")
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 PLUGIN_MODULES = ("natural_images.trifeature", "natural_images.digits")
 FOLDER_MAX_PX = 224             # a folder's native size: its first image's short side, at most this

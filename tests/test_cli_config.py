@@ -147,3 +147,24 @@ def test_readme_copdgene_commands_run_verbatim(tiny_cohort, tmp_path, monkeypatc
     saved = cfg.read_yaml(run / "config.yaml")
     assert saved["cohort"]["name"] == "copdgene" and saved["cohort"]["manifest"] == manifest
     assert saved["pretrain"]["loss"]["epsilon"] == 0.1 and saved["pretrain"]["name"] == "ifm"
+
+
+def test_zero_valued_flags_are_given_not_dropped():
+    from copd_ifm.cli import build_parser
+    from copd_ifm.cli.args import overrides
+    from copd_ifm.cli.ct import _PRETRAIN_FLAGS
+
+    args = build_parser().parse_args(["pretrain", "--ifm-eps", "0"])
+    assert overrides(args, _PRETRAIN_FLAGS) == {"loss.epsilon": 0.0}     # not the config's ε silently
+    assert overrides(build_parser().parse_args(["pretrain"]), _PRETRAIN_FLAGS) == {}
+
+
+def test_default_configs_come_from_the_package_and_the_env_overrides(tmp_path, monkeypatch):
+    from copd_ifm.files import package_path
+
+    monkeypatch.delenv("COPD_IFM_CONFIGS", raising=False)
+    # In a checkout the packaged folder is the top-level configs/ itself (one source for both installs).
+    assert cfg.default_config_dir().resolve() == (Path(cfg.__file__).parents[1] / "configs").resolve()
+    assert cfg.default_config_dir() == package_path("copd_ifm", "configs")
+    monkeypatch.setenv("COPD_IFM_CONFIGS", str(tmp_path))
+    assert cfg.default_config_dir() == tmp_path

@@ -2,8 +2,8 @@
 
 Stages talk through files on disk (manifest, patch store, run folder, features
 table), so each can be rerun, sharded or replaced alone. The CT stages live in
-:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, the
-shared argument plumbing in :mod:`copd_ifm.cli.args`.
+:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, ``export`` (CT and
+vision runs) in :mod:`copd_ifm.cli.export`, the shared argument plumbing in :mod:`copd_ifm.cli.args`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Sequence
 
 from copd_ifm.cli.args import Parser, common, fmt
 from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
+from copd_ifm.cli.export import add_export_parser
 from copd_ifm.cli.vision import add_vision_parsers
 from copd_ifm.errors import UserError
 
-STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study")
+STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="study_cmd", metavar="STUDY", parser_class=Parser)
     ssub.required = True
     add_study_parsers(ssub)
+    add_export_parser(sub)
     return parser
 
 

@@ -59,7 +59,9 @@ def overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     then the parsed ``--set`` items (which win)."""
     from copd_ifm.config import dotted
 
-    given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag, None) not in (None, False)}
+    # ``is`` tests: ``0 in (None, False)`` is true, and ``--ifm-eps 0`` or ``--workers 0`` must count as given.
+    given = {key: value for flag, key in flags.items()
+             if (value := getattr(args, flag, None)) is not None and value is not False}
     return {**given, **dotted(args.overrides)}
 
 

@@ -92,10 +92,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from copd_ifm.cohort.config import resolve_cohort
-    from copd_ifm.evaluation.extract import extract_features
+    from copd_ifm.evaluation.extract import extract_features, extract_with_encoder
 
-    cohort = resolve_cohort(args.cohort) if args.cohort else None
-    path = extract_features(args.run, cohort, args.out, device=args.device)
+    if args.encoder:
+        if not args.cohort:
+            raise UserError("--encoder embeds a cohort the encoder may never have seen: give --cohort NAME|YAML|CSV")
+        path = extract_with_encoder(args.encoder, resolve_cohort(args.cohort), args.out, store=args.store,
+                                    device=args.device, workers=args.workers)
+    else:
+        if args.store:
+            raise UserError("--store goes with --encoder; with --run the cohort's own store is read")
+        cohort = resolve_cohort(args.cohort) if args.cohort else None
+        path = extract_features(args.run, cohort, args.out, device=args.device)
     print(f"features: {path}")
     return 0
 
@@ -248,11 +256,17 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("extract", help="embed every subject of a patch store with a pretrained run",
+    p = sub.add_parser("extract", help="embed every subject of a cohort with a pretrained run or an exported encoder",
                        formatter_class=fmt)
-    p.add_argument("--run", required=True, help="run folder written by pretrain")
-    p.add_argument("--cohort", default=None, help="cohort to embed (default: the run's cohort)")
-    p.add_argument("--out", default=None, help="features table (default: RUN/features.parquet)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder written by pretrain")
+    source.add_argument("--encoder", help="folder written by `copd-ifm export`: the cohort is preprocessed with its "
+                                          "store settings first")
+    p.add_argument("--cohort", default=None, help="cohort to embed; unset: the run's cohort (needed with --encoder)")
+    p.add_argument("--out", default=None,
+                   help="features table; unset: RUN/features.parquet, with --encoder <cohort>-<run>-features.parquet")
+    p.add_argument("--store", default=None, help="with --encoder: patch store folder; unset: the cohort's store")
+    p.add_argument("--workers", type=workers, default=2, help="with --encoder: preprocessing processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     common(p)
     p.set_defaults(func=cmd_extract)

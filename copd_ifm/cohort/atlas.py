@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ATLAS_DIR = Path(__file__).resolve().parent / "data" / "atlas"
+from copd_ifm.files import package_path
+
+ATLAS_DIR = package_path("copd_ifm.cohort", "data", "atlas")
 ATLAS_MASK = ATLAS_DIR / "atlas_lung_mask.nii.gz"
 LUNG_LABELS = (50, 100)
 

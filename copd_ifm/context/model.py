@@ -33,6 +33,43 @@ def patch_module(m: ModelConfig) -> LocationJoin | PatchEncoder:
     return PatchEncoder(m.channels, m.feat_dim, m.use_location)
 
 
+def frozen_features(encoder: LocationJoin | PatchEncoder, coords: Tensor, patches: Tensor,
+                    chunk: int = 4096) -> Tensor:
+    """Patch-encoder features of whole subjects: ``[G, L, 1, P, P, P]`` → ``[G·L, F]``, with the landmark
+    locations ``coords`` ``[L, 3]``; without gradient, the encoder in eval mode, ``chunk`` patches at a time."""
+    g, n = patches.shape[:2]
+    flat = patches.reshape(g * n, *patches.shape[2:])
+    loc = coords.repeat(g, 1)
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        out = torch.cat([encoder.features(flat[i:i + chunk], loc[i:i + chunk]) for i in range(0, g * n, chunk)])
+    encoder.train(was_training)
+    return out
+
+
+class SubjectEncoder(nn.Module):
+    """A trained model's query patch and graph encoders with its landmark set: subject → features.
+
+    ``forward(patches, edge_index)``: one subject's ``[L, 1, P, P, P]`` network intensities and its context
+    graph ``[2, E]`` (``self.edge_index``, the lattice, unless the run used each subject's own graph) →
+    ``(node embeddings [L, F], patch features [L, F])``; their means over landmarks are the subject features.
+    It runs in the module's own mode and keeps gradients (fine-tuning); ``extract`` calls it in eval mode
+    under ``torch.no_grad``.
+    """
+
+    def __init__(self, patch: LocationJoin | PatchEncoder, graph: GraphEncoder, landmark_coords: Tensor,
+                 edge_index: Tensor) -> None:
+        super().__init__()
+        self.patch_encoder, self.graph_encoder = patch, graph
+        self.register_buffer("landmark_coords", landmark_coords.float())
+        self.register_buffer("edge_index", edge_index.long())
+
+    def forward(self, patches: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.patch_encoder.features(patches, self.landmark_coords.to(patches.dtype))
+        return self.graph_encoder.node_embeddings(feats, edge_index), feats
+
+
 class ContextModel(nn.Module):
     """Holds both MoCo levels; ``landmark_coords`` ``[L, 3]`` and ``edge_index`` ``[2, E]`` are buffers."""
 
@@ -69,21 +106,13 @@ class ContextModel(nn.Module):
         return landmark if self.per_landmark_queue else 0
 
     def node_features(self, patches: Tensor, chunk: int = 4096) -> Tensor:
-        """Frozen patch-encoder features of whole subjects: ``[G, L, 1, P, P, P]`` → ``[G·L, F]``.
+        """Frozen patch-encoder features of whole subjects: ``[G, L, 1, P, P, P]`` → ``[G·L, F]``
+        (see :func:`frozen_features`)."""
+        return frozen_features(self.patch_encoder, self.landmark_coords, patches, chunk)
 
-        Runs without gradient in eval mode, ``chunk`` patches at a time.
-        """
-        g, n = patches.shape[:2]
-        flat = patches.reshape(g * n, *patches.shape[2:])
-        loc = self.landmark_coords.repeat(g, 1)
-        encoder = self.patch_encoder
-        was_training = encoder.training
-        encoder.eval()
-        with torch.no_grad():
-            out = torch.cat([encoder.features(flat[i:i + chunk], loc[i:i + chunk])
-                             for i in range(0, g * n, chunk)])
-        encoder.train(was_training)
-        return out
+    def subject_encoder(self) -> "SubjectEncoder":
+        """The query encoders and the landmark set (shared, not copied): what ``extract`` and ``export`` use."""
+        return SubjectEncoder(self.patch_encoder, self.graph_encoder, self.landmark_coords, self.edge_index)
 
     def graph_inputs(self, node_feats: Tensor, n_graphs: int,
                      adjacency: Tensor | None = None) -> tuple[Tensor, Tensor]:

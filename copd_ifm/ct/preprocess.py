@@ -84,7 +84,8 @@ def read_manifest(cohort: CohortConfig, qc_samples: int = QC_SAMPLES) -> list[Su
     return tasks
 
 
-def _store_settings(cohort: CohortConfig) -> dict[str, Any]:
+def store_settings(cohort: CohortConfig) -> dict[str, Any]:
+    """The cohort fields that decide a store's content (``STORE_FIELDS``), as plain values."""
     return {k: v for k, v in cfg.to_dict(cohort).items() if k in STORE_FIELDS}
 
 
@@ -104,7 +105,7 @@ def prepare_store(cohort: CohortConfig, out: Path, force: bool = False) -> Setti
     corners = atlas_landmarks(cohort.spacing_mm, cohort.patch_size, cohort.landmark_step_mm,
                               cohort.landmark_min_lung_fraction)
     table = landmark_table(corners, cohort.spacing_mm)
-    now = _store_settings(cohort)
+    now = store_settings(cohort)
     with st.locked(out):
         existing = out / st.CONFIG
         before = (yaml.safe_load(existing.read_text(encoding="utf-8")) or {}) if existing.is_file() else {}

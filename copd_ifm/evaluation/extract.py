@@ -1,4 +1,4 @@
-"""``copd-ifm extract``: subject features from a pretrained context-aware run.
+"""``copd-ifm extract``: subject features from a pretrained context-aware run or an exported encoder.
 
 For every subject of a patch store, with the query encoders in eval mode and
 no augmentation:
@@ -11,10 +11,16 @@ no augmentation:
 Optionally the per-landmark node embeddings themselves (``nodes_out``): a
 float16 ``.npy`` of shape ``[n_subjects, L, F]`` in the table's subject order,
 for regional read-outs.
+
+With an exported encoder (``--encoder DIR``) the cohort is first preprocessed with the encoder's store
+settings (spacing, patch size, landmarks, lung mask, registration), so a cohort it never saw gets
+features the same way as its training cohort; a store built with other settings is refused.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,10 +31,15 @@ from copd_ifm import config as cfg_io
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.data import SubjectDataset, loader
+from copd_ifm.context.model import SubjectEncoder
 from copd_ifm.context.train import load_trained, open_store
 from copd_ifm.contrastive.distributed import init_from_env
+from copd_ifm.ct.preprocess import store_settings
+from copd_ifm.ct.store import PatchStore
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.features import FEATURES_FILE, write_features
+
+log = logging.getLogger(__name__)
 
 
 def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, out: str | Path | None = None,
@@ -47,27 +58,89 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
                         f"run {run_dir} was trained on {model.n_landmarks} of {run_cohort.patch_size}³; "
                         f"preprocess the cohort with the run's patch settings "
                         f"(--set patch_size={run_cohort.patch_size} spacing_mm={run_cohort.spacing_mm})")
+    table = embed_store(model.subject_encoder(), store, cfg.graph == "subject", cohort, workers, nodes_out)
+    out = Path(out) if out else run_dir / FEATURES_FILE
+    meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
+            "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}
+    return write_features(out, table, meta)
+
+
+def embed_store(encoder: SubjectEncoder, store: PatchStore, subject_graph: bool, cohort: CohortConfig,
+                workers: int = 2, nodes_out: str | Path | None = None) -> pd.DataFrame:
+    """The features table ``[n_subjects, 1 + 2F]`` (``sid``, ``graph_f*``, ``patch_f*``) of every subject of
+    ``store`` through ``encoder`` (eval mode, on its device); ``subject_graph``: each subject's own graph."""
+    dev = encoder.landmark_coords.device
     coords = torch.as_tensor(store.landmark_coords, dtype=torch.float32, device=dev)
-    if not torch.allclose(coords, model.landmark_coords, atol=1e-5):
-        raise UserError(f"{cohort.store_path}: landmark grid differs from the run's; preprocess with the same "
-                        f"landmark_step_mm and atlas as cohort {run_cohort.name!r}")
+    if coords.shape != encoder.landmark_coords.shape or not torch.allclose(coords, encoder.landmark_coords, atol=1e-5):
+        raise UserError(f"{cohort.store_path}: landmark grid differs from the encoder's; preprocess with the same "
+                        f"landmark_step_mm, landmark_min_lung_fraction and atlas as the encoder's training cohort")
     rows, node_rows = [], []
+    encoder.eval()
     with torch.no_grad():
         for sid, patches in zip(store.sids, tqdm(loader(SubjectDataset(store), workers, batch_size=1),
                                                  total=len(store.sids), desc="extract", unit="subject")):
-            feats = model.node_features(patches.to(dev))                            # [L, F]
-            edges = store.subject_graph(sid).to(dev) if cfg.graph == "subject" else model.edge_index
-            nodes = model.graph_encoder.node_embeddings(feats, edges)               # [L, F]
+            edges = store.subject_graph(sid).to(dev) if subject_graph else encoder.edge_index
+            nodes, feats = encoder(patches[0].to(dev), edges)                   # [L, F] each
             rows.append(np.concatenate([nodes.mean(0).cpu().numpy(), feats.mean(0).cpu().numpy()]))
             if nodes_out is not None:
                 node_rows.append(nodes.cpu().numpy().astype(np.float16))
-    dim = model.graph_encoder.feat_dim
-    columns = [f"graph_f{i}" for i in range(dim)] + [f"patch_f{i}" for i in range(model.patch_encoder.feat_dim)]
+    columns = ([f"graph_f{i}" for i in range(encoder.graph_encoder.feat_dim)]
+               + [f"patch_f{i}" for i in range(encoder.patch_encoder.feat_dim)])
     table = pd.DataFrame(np.stack(rows), columns=columns)
     table.insert(0, "sid", store.sids)
     if nodes_out is not None:
         files.save_npy(nodes_out, np.stack(node_rows))
-    out = Path(out) if out else run_dir / FEATURES_FILE
-    meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
-            "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}
+    return table
+
+
+def encoder_cohort(cohort: CohortConfig, spec: dict[str, Any], store: str | Path | None = None) -> CohortConfig:
+    """``cohort`` with the exported encoder's store settings (and ``store`` as its patch store, if given)."""
+    changed = sorted(k for k, v in spec["store"].items() if store_settings(cohort).get(k) != v)
+    if changed:
+        log.info("cohort %r: preprocessing with the encoder's %s instead of the cohort's", cohort.name,
+                 ", ".join(f"{k}={spec['store'][k]!r}" for k in changed))
+    data = cfg_io.merge(cfg_io.to_dict(cohort), spec["store"])
+    if store is not None:
+        data["store"] = str(store)
+    return cfg_io.from_dict(CohortConfig, data, f"cohort {cohort.name!r} with the encoder's store settings")
+
+
+def _check_store_settings(cohort: CohortConfig, folder: Path) -> None:
+    """A store already at the cohort's path must have been built with the encoder's settings."""
+    path = cohort.store_path / "config.yaml"
+    if not path.is_file():
+        return
+    built = store_settings(cfg_io.from_dict(CohortConfig, cfg_io.read_yaml(path), str(path)))
+    wanted = store_settings(cohort)
+    diff = [k for k in wanted if built.get(k) != wanted[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(f"{cohort.store_path}: store built with {k}={built.get(k)!r} but encoder {folder} needs "
+                        f"{k}={wanted[k]!r}{f' (and {len(diff) - 1} more)' if len(diff) > 1 else ''}; give "
+                        f"--store NEW_FOLDER to preprocess the cohort again with the encoder's settings")
+
+
+def extract_with_encoder(folder: str | Path, cohort: CohortConfig, out: str | Path | None = None,
+                         store: str | Path | None = None, device: str = "auto", workers: int = 2) -> Path:
+    """Preprocess ``cohort`` with an exported CT encoder's store settings (subjects already done are kept),
+    embed every subject → features table (default ``<cohort>-<run>-features.parquet``); returns its path."""
+    from copd_ifm import load_encoder
+    from copd_ifm.ct.preprocess import preprocess_cohort
+
+    folder = Path(folder)
+    dev = init_from_env(device).device
+    encoder, spec = load_encoder(folder, dev)
+    if spec["kind"] != "ct-context":
+        raise UserError(f"--encoder {folder}: a {spec['kind']} encoder; CT extract needs one exported from a CT run")
+    cohort = encoder_cohort(cohort, spec, store)
+    _check_store_settings(cohort, folder)
+    patch_store = preprocess_cohort(cohort, workers=workers)
+    if len(patch_store.failures):
+        log.warning("%d subject(s) of %r failed preprocessing and have no features (%s)", len(patch_store.failures),
+                    cohort.name, patch_store.path / "failures.csv")
+    table = embed_store(encoder, patch_store, spec["graph"] == "subject", cohort, workers)
+    run = spec["run"]
+    out = Path(out) if out else Path(f"{cohort.name}-{run['name']}-features.parquet")
+    meta = {"run": run["name"], "config_hash": run["config_hash"], "encoder": str(folder.resolve()),
+            "cohort": cohort.name, "ifm_epsilon": spec["loss"]["epsilon"], "store": str(cohort.store_path)}
     return write_features(out, table, meta)
