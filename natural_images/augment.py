@@ -47,11 +47,14 @@ def train_transform(aug: AugmentConfig, method: str, crop: int, mean: Sequence[f
         v2.RandomHorizontalFlip(aug.flip_prob),
         v2.RandomApply([v2.ColorJitter(*aug.jitter)], p=aug.jitter_prob),
         v2.RandomGrayscale(aug.grayscale_prob),
+        v2.ToImage(),
     ]
     if aug.blur_prob > 0:
+        # On the uint8 tensor, not the PIL image: torchvision blurs a PIL image by converting it to this
+        # tensor and back, so the result is bit-identical and the two conversions are saved.
         ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(crop), sigma=tuple(aug.blur_sigma))],
                                   p=aug.blur_prob))
-    return v2.Compose(ops + _to_normalised(mean, std))
+    return v2.Compose(ops + _to_normalised(mean, std)[1:])
 
 
 def eval_transform(size: int, resize: float, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:

@@ -162,3 +162,22 @@ def test_views_are_random_crops_of_the_requested_size_and_eval_is_deterministic(
     ev = eval_transform(32, 256 / 224, (0.5,) * 3, (0.25,) * 3)
     assert torch.equal(ev(image), ev(image)) and ev(image).shape == (3, 32, 32)
     assert blur_kernel(32) == 3 and blur_kernel(224) == 23 and blur_kernel(96) == 9
+
+
+@pytest.mark.parametrize("crop", [16, 32, 96])
+def test_views_equal_the_pil_blur_pipeline_bit_for_bit(crop):
+    """The blur moved onto the uint8 tensor gives the views of the former pipeline that blurred the PIL image."""
+    from torchvision.transforms import v2
+    aug = AugmentConfig(blur_prob=1.0)
+    reference = v2.Compose([
+        v2.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(aug.flip_prob),
+        v2.RandomApply([v2.ColorJitter(*aug.jitter)], p=aug.jitter_prob), v2.RandomGrayscale(aug.grayscale_prob),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel(crop), sigma=tuple(aug.blur_sigma))], p=aug.blur_prob),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
+    transform = train_transform(aug, "simclr", crop, (0.5,) * 3, (0.25,) * 3)
+    image = Image.fromarray(np.random.default_rng(crop).integers(0, 256, (crop + 9, crop + 5, 3), dtype=np.uint8))
+    for seed in range(6):
+        torch.manual_seed(seed)
+        ours = transform(image)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, reference(image))
