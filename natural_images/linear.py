@@ -88,7 +88,9 @@ def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearCo
     history = []
     for epoch in tqdm(range(lin.epochs), desc=desc, leave=False, disable=not D.is_main()):
         order = torch.randperm(n, generator=gen).to(train_x.device)
-        loss_sum, correct = 0.0, 0
+        # Summed on the device and read once per epoch: an .item() per step would wait for the device.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=train_x.device)   # float64: as the Python sum was
+        correct = torch.zeros((), dtype=torch.long, device=train_x.device)
         for start in range(0, n, lin.batch_size):
             idx = order[start:start + lin.batch_size]
             logits = layer(train_x[idx])
@@ -97,9 +99,9 @@ def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearCo
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == train_y[idx]).sum())
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_top1": 100 * correct / n}
+            loss_sum += loss.detach().double() * len(idx)
+            correct += (logits.argmax(1) == train_y[idx]).sum()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / n, "train_top1": 100 * int(correct) / n}
         if test_x is not None and test_y is not None:
             row["test_top1"] = 100 * top1(layer, test_x, test_y)
         history.append(row)

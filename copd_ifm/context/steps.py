@@ -110,10 +110,9 @@ class ContextSteps:
         else:
             patches = subjects.to(self.info.device, non_blocking=True)
             g = patches.shape[0]
-            groups = torch.arange(g, device=self.info.device).repeat_interleave(n_lm)
             flat = patches.flatten(0, 1)
-            with torch.no_grad(), autocast(self.info.device, self.cfg.amp):
-                f1 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
-                f2 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
+            with torch.no_grad(), autocast(self.info.device, self.cfg.amp):   # one group per subject: n_lm patches
+                f1 = self.model.node_features(self.augment(flat, n_lm).view_as(patches)).float()
+                f2 = self.model.node_features(self.augment(flat, n_lm).view_as(patches)).float()
         out = self.graph_net(self.model.graph_inputs(f1, g, adjacency), self.model.graph_inputs(f2, g, adjacency))
         return StepOutput(out.pos, out.neg, g)
