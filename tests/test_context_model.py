@@ -44,7 +44,7 @@ def test_dense_adjacency_and_lattice_graph_inputs():
     cfg = PretrainConfig()
     model = ContextModel(cfg, torch.zeros(8, 3), edges)
     x, batch_adjacency = model.graph_inputs(torch.randn(3 * 8, 5), 3)
-    assert x.shape == (3, 8, 5) and batch_adjacency.shape == (3, 8, 8) and batch_adjacency.is_contiguous()
+    assert x.shape == (3, 8, 5) and batch_adjacency.shape == (3, 8, 8) and batch_adjacency.stride(0) == 0  # no copy
     assert all(torch.equal(a, adjacency) for a in batch_adjacency)
 
 

@@ -119,6 +119,7 @@ class GraphEncoder(nn.Module):
         self.norm = nn.BatchNorm1d(feat_dim)
         self.act = nn.ELU()
         self.feat_dim = feat_dim
+        self._shared: tuple[Tensor, Tensor] | None = None   # (shared adjacency, its batched edges)
 
     def node_embeddings(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Node features ``[ΣL, F]`` and edges ``[2, E]`` → node embeddings ``[ΣL, F]``."""
@@ -130,6 +131,24 @@ class GraphEncoder(nn.Module):
         Dense per-subject inputs, so MoCo's shuffle-BN can move subjects with their graphs across ranks.
         """
         g, n, f = x.shape
+        return self.node_embeddings(x.reshape(g * n, f), self._edges(adjacency)).view(g, n, -1).mean(1)
+
+    def _edges(self, adjacency: Tensor) -> Tensor:
+        """Edges ``[2, E]`` of the ``G`` graphs, node ``i`` of graph ``g`` numbered ``g·L + i``, in ``nonzero`` order.
+
+        One ``[L, L]`` graph expanded to every subject (stride 0, the lattice) is looked up once and kept, with
+        the tensor itself so its memory cannot be reused by another: no ``nonzero`` (a device→host sync) per step.
+        """
+        shared = adjacency.dim() == 3 and adjacency.stride(0) == 0
+        if shared and self._shared is not None and _same_tensor(self._shared[0], adjacency):
+            return self._shared[1]
         graph, i, j = adjacency.nonzero(as_tuple=True)
+        n = adjacency.shape[1]
         edges = torch.stack([graph * n + i, graph * n + j])
-        return self.node_embeddings(x.reshape(g * n, f), edges).view(g, n, -1).mean(1)
+        if shared:
+            self._shared = (adjacency, edges)
+        return edges
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return (a.data_ptr(), a.shape, a.stride(), a.device) == (b.data_ptr(), b.shape, b.stride(), b.device)
