@@ -164,9 +164,10 @@ def test_views_are_random_crops_of_the_requested_size_and_eval_is_deterministic(
     assert blur_kernel(32) == 3 and blur_kernel(224) == 23 and blur_kernel(96) == 9
 
 
-@pytest.mark.parametrize("crop", [16, 32, 96])
-def test_views_equal_the_pil_blur_pipeline_bit_for_bit(crop):
-    """The blur moved onto the uint8 tensor gives the views of the former pipeline that blurred the PIL image."""
+@pytest.mark.parametrize("crop", [16, 32, 48, 96])
+def test_views_equal_those_of_torchvision_blur_to_one_grey_level(crop):
+    """PIL's 3×3 / 5×5 filter with torchvision's kernel, σ draw and reflect padding gives torchvision's views
+    to one grey level in rare pixels (rounding); larger kernels (96 px: 9) are torchvision's own."""
     from torchvision.transforms import v2
     aug = AugmentConfig(blur_prob=1.0)
     reference = v2.Compose([
@@ -176,8 +177,13 @@ def test_views_equal_the_pil_blur_pipeline_bit_for_bit(crop):
         v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
     transform = train_transform(aug, "simclr", crop, (0.5,) * 3, (0.25,) * 3)
     image = Image.fromarray(np.random.default_rng(crop).integers(0, 256, (crop + 9, crop + 5, 3), dtype=np.uint8))
+    grey_level = 1 / 255 / 0.25
     for seed in range(6):
         torch.manual_seed(seed)
-        ours = transform(image)
+        ours, after_ours = transform(image), torch.rand(1)
         torch.manual_seed(seed)
-        assert torch.equal(ours, reference(image))
+        theirs, after_theirs = reference(image), torch.rand(1)
+        assert torch.equal(after_ours, after_theirs)                    # the same random draws
+        diff = (ours - theirs).abs()
+        assert diff.max() <= grey_level * 1.0001 and (diff > 0).float().mean() < 0.01
+        assert crop < 60 or diff.max() == 0
