@@ -232,14 +232,24 @@ def to_network(x: Any) -> Any:
     return ((np.asarray(x, dtype=np.float32) + 1024.0) / 632.0 - 1.0).astype(np.float32)
 
 
+def _map_limit() -> int:
+    """Maps kept per process: 1024, or half the open-file limit where that is lower."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 1024
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 2))
+
+
 class OpenMaps:
     """Memory maps of ``.npy`` files, each opened once per process and reused (the header parse and ``mmap``
     cost more than reading a 32³ patch). Each map holds a file descriptor, so past ``limit`` the least
     recently used is closed. Read-only shared maps stay valid in forked loader workers; pickling (spawned
     workers) carries no map, each process opens its own."""
 
-    def __init__(self, limit: int = 1024) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or _map_limit()
         self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
 
     def get(self, path: Path) -> np.ndarray:
