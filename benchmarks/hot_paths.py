@@ -6,7 +6,8 @@ Rows (ratio = this project's time / the peer's; < 1 is faster):
    (ε = 0.1 has no lightly twin: IFM costs against plain NT-Xent) and vs the previous commit's
    boolean-mask ``simclr_similarities`` (copied below).
 2. SimCLR view pipeline, 32 px, pairs/s: vs lightly's ``SimCLRTransform`` at the same strengths
-   (jitter 0.4/0.4/0.4/0.1, blur p 0.5, σ 0.1–2) and vs the previous pipeline (blur on the PIL image).
+   (jitter 0.4/0.4/0.4/0.1, blur p 0.5, σ 0.1–2; lightly blurs with PIL's box-filter approximation)
+   and vs the previous pipeline (torchvision's blur on the PIL image, three tensor transforms).
 3. CT patch batches at 1 mm, 32³, 128 patches per step: one step read now (memory maps kept) vs the
    previous per-item ``np.load``; loader patches/s over two epochs with 2 and 8 workers, now (one loader,
    persistent workers) vs before (a new loader per epoch, re-opens); beside the patch step's own rate.

@@ -187,3 +187,13 @@ def test_views_equal_those_of_torchvision_blur_to_one_grey_level(crop):
         diff = (ours - theirs).abs()
         assert diff.max() <= grey_level * 1.0001 and (diff > 0).float().mean() < 0.01
         assert crop < 60 or diff.max() == 0
+
+
+@pytest.mark.parametrize("half,size", [(1, (5, 4)), (2, (7, 9)), (2, (32, 32))])
+def test_reflect_pad_equals_numpy_reflect(half, size):
+    from natural_images.augment import reflect_pad
+    pixels = np.random.default_rng(half).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    padded = np.asarray(reflect_pad(Image.fromarray(pixels), half))
+    assert np.array_equal(padded, np.pad(pixels, [(half, half), (half, half), (0, 0)], mode="reflect"))
+    grey = pixels[..., 0]
+    assert np.array_equal(np.asarray(reflect_pad(Image.fromarray(grey), half)), np.pad(grey, half, mode="reflect"))
