@@ -184,8 +184,8 @@ def patch_rows(rounds: int, subjects: int, steps: int, workers: tuple[int, ...],
     times = interleaved({"ours": lambda: now[plans[0][0]],
                          "prev": lambda: PreviousPatchStepDataset(store, plans[0])[0]}, rounds)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-    rows = [f"| CT patch batch read, {batch} patches of 32³ at 1 mm (one step) | – | {ratio(times, 'ours', 'prev'):.2f} "
-            f"| {ms['ours']:.1f} / {ms['prev']:.1f} ms |"]
+    rows = [f"| CT patch batch read, {batch} patches of 32³ at 1 mm (one step) | – | "
+            f"{ratio(times, 'ours', 'prev'):.2f} | {ms['ours']:.1f} / {ms['prev']:.1f} ms |"]
     for w in workers:
         loader = PlanLoader(PatchStepDataset(store), w)
 
@@ -230,7 +230,8 @@ def patch_step_row(store: PatchStore, batch: int) -> str:
         optimizer_step(loss_fn(out.pos, out.neg), phase.optimizer, scaler)
 
     seconds = statistics.median(interleaved({"step": step}, 2)["step"])
-    return f"| CT patch step itself (anchor encoder, CPU, batch {batch}), patches/s | – | – | {batch / seconds:.0f} |"
+    return (f"| CT patch step itself (anchor encoder, CPU, batch {batch}), patches/s | – | – | "
+            f"{batch / seconds:.0f} |")
 
 
 def simclr_step_row(rounds: int, batch: int) -> str:

@@ -90,21 +90,22 @@ class GaussianBlur:
     The same σ draw as torchvision's (one ``torch.empty(1).uniform_``) and the same kernel: the outer
     product of 1-D weights ``exp(−x²/2σ²)``, ``x`` the integer offsets, normalised; reflect padding. PIL
     filters 3×3 and 5×5 kernels (crops under 60 px) ~10× faster than torchvision's round trip through a
-    tensor; both round to 8 bits, so a rare pixel may differ by one grey level. Larger kernels go through
-    torchvision. (PIL's own ``ImageFilter.GaussianBlur``, which lightly and MoCo-v2 use, is a box-filter
-    approximation with support growing with σ, not this truncated kernel.)
+    tensor; both round to 8 bits, so a rare pixel may differ by one grey level. Larger kernels, tensors
+    and other image modes go through torchvision. (PIL's own ``ImageFilter.GaussianBlur``, which lightly
+    and MoCo-v2 use, is a box-filter approximation with support growing with σ, not this truncated kernel.)
     """
 
     def __init__(self, kernel: int, sigma: tuple[float, float]) -> None:
         self.kernel, self.sigma = kernel, sigma
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Any) -> Any:
         sigma = torch.empty(1).uniform_(self.sigma[0], self.sigma[1]).item()
-        if self.kernel > 5:
+        if self.kernel > 5 or not isinstance(image, Image.Image) or image.mode not in ("L", "RGB"):
             return TF.gaussian_blur(image, [self.kernel, self.kernel], [sigma, sigma])
         half = self.kernel // 2
         taps = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-half, half + 1)]
-        taps = [t / sum(taps) for t in taps]
+        total = sum(taps)
+        taps = [t / total for t in taps]
         weights = [a * b for a in taps for b in taps]
         blurred = reflect_pad(image, half).filter(ImageFilter.Kernel((self.kernel, self.kernel), weights, scale=1))
         return blurred.crop((half, half, half + image.width, half + image.height))

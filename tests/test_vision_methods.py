@@ -197,3 +197,22 @@ def test_reflect_pad_equals_numpy_reflect(half, size):
     assert np.array_equal(padded, np.pad(pixels, [(half, half), (half, half), (0, 0)], mode="reflect"))
     grey = pixels[..., 0]
     assert np.array_equal(np.asarray(reflect_pad(Image.fromarray(grey), half)), np.pad(grey, half, mode="reflect"))
+
+
+def test_blur_of_a_tensor_or_another_mode_is_torchvision_own():
+    from natural_images.augment import GaussianBlur
+    tensor = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+    torch.manual_seed(0)
+    ours = GaussianBlur(3, (0.5, 1.5))(tensor)
+    torch.manual_seed(0)
+    assert torch.equal(ours, torchvision_blur(tensor))
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 4), dtype=np.uint8))
+    torch.manual_seed(0)
+    ours = np.asarray(GaussianBlur(3, (0.5, 1.5))(rgba))
+    torch.manual_seed(0)
+    assert np.array_equal(ours, np.asarray(torchvision_blur(rgba)))
+
+
+def torchvision_blur(image):
+    from torchvision.transforms import v2
+    return v2.GaussianBlur(3, sigma=(0.5, 1.5))(image)

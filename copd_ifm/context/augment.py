@@ -42,7 +42,8 @@ Groups = Tensor | int
 
 
 def group_layout(x: Tensor, groups: Groups | None) -> tuple[Tensor, int, int]:
-    """``(groups [B] long, G, k)`` of a batch ``x`` ``[B, ...]``; ``k > 0`` when the groups are ``G`` consecutive runs of ``k``.
+    """``(groups [B] long, G, k)`` of a batch ``x`` ``[B, ...]``; ``k > 0`` when the groups are ``G``
+    consecutive runs of ``k`` patches (else 0).
 
     ``groups`` is an int ``k`` (consecutive runs of ``k`` patches: what the steps pass, read without a
     device→host sync), a ``[B]`` tensor of ids in ``[0, G)`` (any layout; ``G`` and the layout are read

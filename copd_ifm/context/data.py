@@ -57,7 +57,8 @@ def graph_epoch_plan(n_subjects: int, batch: int, seed: int, epoch: int, sub: in
 
 
 class PatchStepDataset(Dataset):
-    """Item ``step`` (a :class:`PatchStep` of a plan) → (``[b, 1, P, P, P]`` float32 network intensities, landmark id).
+    """Item ``step`` (a :class:`PatchStep` of a plan) → (``[b, 1, P, P, P]`` float32 network intensities,
+    landmark id).
 
     Items are the plan's steps themselves (fed by a :class:`PlanSampler`), so one dataset, and the loader
     workers holding it, serve every epoch's plan.

@@ -85,7 +85,7 @@ def simclr_similarities(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
 
 @functools.lru_cache(maxsize=16)
 def _negative_columns(n: int, device: torch.device) -> Tensor:
-    """``[2N, 2N − 2]`` column of each negative of anchor ``a``: every ``j`` with ``j mod N ≠ a mod N``, ascending."""
+    """``[2N, 2N − 2]``: anchor ``a``'s negative columns, every ``j`` with ``j mod N ≠ a mod N``, ascending."""
     position = torch.arange(2 * n - 2)
     block, within = position // (n - 1), position % (n - 1)
     anchor = torch.arange(2 * n)[:, None] % n
