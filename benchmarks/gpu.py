@@ -9,6 +9,8 @@
    augmented patches re-encoded by the frozen encoder, as in the anchor).
 3. IFM / baseline patch step time (goal ≤ 1.02): ``ContextSteps.patch_step``
    plus the real loss and optimiser, ε = 0 and ε = 0.1 interleaved on one batch.
+   The timed steps (forward, loss, backward), and one graph step after it, run under
+   ``torch.cuda.set_sync_debug_mode("error")``: a host read inside them fails the run.
 4. Vision SimCLR ResNet-18 at 32 px: images/s (goal ≥ 10 000 on an H100-class
    card), through ``benchmarks/vision.py``'s ``bench_method``.
 5. The projected wall time of a full COPDGene run on this GPU (``scale.projected_hours``).
@@ -23,13 +25,14 @@ landmark grid and few steps (≤ 3 minutes on a CPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -40,7 +43,7 @@ from copd_ifm.context.steps import ContextSteps
 from copd_ifm.context.train import build_model, open_store, pretrain, resolve_pretrain_config
 from copd_ifm.contrastive import ContrastiveLoss
 from copd_ifm.contrastive.distributed import DistInfo
-from copd_ifm.contrastive.runtime import autocast, grad_scaler, optimizer_step, setup_backends
+from copd_ifm.contrastive.runtime import autocast, grad_scaler, setup_backends
 from scale import fake_store, projected_hours, short_plans
 from vision import _sync, bench_method
 
@@ -67,9 +70,24 @@ def train_rates(cohort: CohortConfig, cfg: PretrainConfig, s: dict[str, int], ru
     return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["history"][-1]
 
 
+@contextlib.contextmanager
+def host_reads_fail(device: torch.device, strict: bool) -> Iterator[None]:
+    """Inside (CUDA, ``strict``): an operation that makes the host wait for the GPU raises, so a sync in the
+    step fails the benchmark (``torch.cuda.set_sync_debug_mode("error")``). Elsewhere a no-op."""
+    if not (strict and device.type == "cuda"):
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def ifm_ratio(cohort: CohortConfig, cfg: PretrainConfig, device: torch.device, steps: int,
               warmup: int) -> tuple[float, float]:
-    """Median patch step time (s) with ε = 0 and with ε = 0.1, interleaved on one batch of the store."""
+    """Median patch step time (s) with ε = 0 and with ε = 0.1, interleaved on one batch of the store; then one
+    strict graph step."""
     store = open_store(cohort)
     model = build_model(cfg, store).to(device)
     context = ContextSteps(model, store, cfg, DistInfo(0, 1, 0, device))
@@ -83,13 +101,30 @@ def ifm_ratio(cohort: CohortConfig, cfg: PretrainConfig, device: torch.device, s
         eps = 0.0 if i % 2 == 0 else 0.1
         _sync(device)
         start = time.perf_counter()
-        with autocast(device, cfg.amp):
-            out = context.patch_step(batch)
-            loss = losses[eps](out.pos, out.neg)
-        optimizer_step(loss, phase.optimizer, scaler)
+        with host_reads_fail(device, i >= 2 * warmup):
+            with autocast(device, cfg.amp):
+                out = context.patch_step(batch)
+                loss = losses[eps](out.pos, out.neg)
+            phase.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+        # GradScaler.step reads its inf flag back (PyTorch's float16 AMP design), so it stays outside.
+        scaler.step(phase.optimizer)
+        scaler.update()
         _sync(device)
         if i >= 2 * warmup:
             times[eps].append(time.perf_counter() - start)
+    graph = next((p for p in context.phases() if p.name == "graph"), None)
+    if graph is not None:   # one graph step too, after a first one (it builds the lattice's edge list once)
+        graph_batch = next(iter(graph.plan(0, 0)[0]))
+        for strict in (False, True):
+            with host_reads_fail(device, strict):
+                with autocast(device, cfg.amp):
+                    out = graph.step(graph_batch)
+                    loss = losses[0.1](out.pos, out.neg)
+                graph.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            scaler.step(graph.optimizer)
+            scaler.update()
     return statistics.median(times[0.0]), statistics.median(times[0.1])
 
 

@@ -21,7 +21,7 @@ which path a run takes (``augment.device``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -167,6 +167,21 @@ def gaussian_blur(x: Tensor, kernel: int, sigma: Tensor) -> Tensor:
     return flat.view(b, c, height, width)
 
 
+def _apply_to_rows(x: Tensor, rows: Tensor, op: Callable[[Tensor, Tensor], Tensor], param: Tensor,
+                   select: bool | None = None) -> Tensor:
+    """``x`` ``[B, ...]`` with ``op(x[r], param[r])`` on the rows ``r`` where ``rows`` ``[B]`` (bool) is set.
+
+    On the CPU only those rows are computed, written into ``x`` in place. On an accelerator every row is
+    computed and the chosen ones kept: a selection of data-dependent size would make the host wait for
+    the device. The values are the same (every op here works image by image). ``select`` forces a path.
+    """
+    if x.device.type == "cpu" if select is None else select:
+        if rows.any():
+            x[rows] = op(x[rows], param[rows])
+        return x
+    return torch.where(rows.view(-1, *[1] * (x.dim() - 1)), op(x, param), x)
+
+
 class BatchAugment:
     """One random view per image of a batch: ``[B, 3, H, W]`` raw → ``[B, 3, crop, crop]`` float32, normalised."""
 
@@ -192,8 +207,7 @@ class BatchAugment:
         if aug.blur_prob > 0:
             sigma = _uniform(b, *aug.blur_sigma, x, gen)
             blur = torch.rand(b, device=dev, generator=gen) < aug.blur_prob
-            if blur.any():
-                x[blur] = gaussian_blur(x[blur], self.kernel, sigma[blur])
+            x = _apply_to_rows(x, blur, lambda rows, s: gaussian_blur(rows, self.kernel, s), sigma)
         mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -211,9 +225,8 @@ class BatchAugment:
         x = x.clone()
         for position in range(4):
             for op in range(4):
-                rows = apply & (order[:, position] == op)
-                if rows.any():
-                    x[rows] = _jitter_op(x[rows], op, factors[rows, op])
+                x = _apply_to_rows(x, apply & (order[:, position] == op),
+                                   lambda rows, f, op=op: _jitter_op(rows, op, f), factors[:, op])
         return x
 
     def two_views(self, images: Tensor, gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

@@ -106,7 +106,9 @@ def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearCo
     for epoch in tqdm(range(lin.epochs), desc=desc, leave=False, disable=not D.is_main()):
         order = torch.randperm(n, generator=gen).to(train_x.device)
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum, correct = 0.0, 0
+        # Summed on the device and read once per epoch: an .item() per step would wait for the device.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=train_x.device)   # float64: as the Python sum was
+        correct = torch.zeros((), dtype=torch.long, device=train_x.device)
         for start in range(0, n, lin.batch_size):
             idx = order[start:start + lin.batch_size]
             logits = layer(train_x[idx])
@@ -115,9 +117,9 @@ def fit_linear(train_x: Tensor, train_y: Tensor, num_classes: int, lin: LinearCo
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == train_y[idx]).sum())
-        history.append(_epoch_row(epoch, loss_sum, correct, n, lr, layer, test_x, test_y))
+            loss_sum += loss.detach().double() * len(idx)
+            correct += (logits.argmax(1) == train_y[idx]).sum()
+        history.append(_epoch_row(epoch, loss_sum.item(), int(correct), n, lr, layer, test_x, test_y))
     return layer, history
 
 

@@ -44,7 +44,7 @@ def test_dense_adjacency_and_lattice_graph_inputs():
     cfg = PretrainConfig()
     model = ContextModel(cfg, torch.zeros(8, 3), edges)
     x, batch_adjacency = model.graph_inputs(torch.randn(3 * 8, 5), 3)
-    assert x.shape == (3, 8, 5) and batch_adjacency.shape == (3, 8, 8) and batch_adjacency.is_contiguous()
+    assert x.shape == (3, 8, 5) and batch_adjacency.shape == (3, 8, 8) and batch_adjacency.stride(0) == 0  # no copy
     assert all(torch.equal(a, adjacency) for a in batch_adjacency)
 
 
@@ -142,3 +142,25 @@ def test_dense_graph_encoder_equals_the_sparse_computation():
     edges = torch.cat([torch.stack(torch.nonzero(adjacency[g], as_tuple=True)) + 5 * g for g in range(3)], 1)
     expected = global_mean_pool(enc.node_embeddings(x.reshape(15, 6), edges), torch.arange(3).repeat_interleave(5))
     assert torch.allclose(enc(x, adjacency), expected, atol=1e-6)
+
+
+def test_graph_encoder_equals_gcnconv_adding_its_own_self_loops():
+    """Self loops added once per lattice (not inside GCNConv every call) give the same values and gradients."""
+    from torch_geometric.nn import GCNConv
+
+    torch.manual_seed(0)
+    enc = GraphEncoder(8)
+    reference = GCNConv(8, 8)                               # add_self_loops=True: the former layer
+    reference.load_state_dict(enc.conv.state_dict())
+    edges = torch.randint(0, 27, (2, 70))
+    lattice = dense_adjacency(edges, 27)
+    x = torch.randn(3, 27, 8, requires_grad=True)
+    for adjacency in (lattice.expand(3, -1, -1), lattice.expand(3, -1, -1).contiguous()):
+        graph, i, j = adjacency.nonzero(as_tuple=True)
+        flat = x.reshape(81, 8)
+        expected = enc.act(enc.norm(reference(flat, torch.stack([graph * 27 + i, graph * 27 + j])))).view(3, 27, -1)
+        out = enc(x, adjacency)
+        assert torch.equal(out, expected.mean(1))
+        assert torch.equal(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(expected.mean(1).sum(), x)[0])
+    assert torch.equal(enc.node_embeddings(x[0].detach(), edges),
+                       enc.act(enc.norm(reference(x[0].detach(), edges))))

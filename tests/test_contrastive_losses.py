@@ -126,6 +126,35 @@ def test_nt_xent_matches_brute_force_and_has_2n_minus_2_negatives():
     assert torch.allclose(nt_xent(z1, z2, 0.5, epsilon=0.1), ifm)
 
 
+def _masked_simclr_similarities(z1, z2):
+    """The boolean-mask formulation ``simclr_similarities`` had before it became a gather (the reference)."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    sim = z @ z.T
+    idx = torch.arange(2 * n)
+    partner = (idx + n) % (2 * n)
+    keep = torch.ones_like(sim, dtype=torch.bool)
+    keep[idx, idx] = False
+    keep[idx, partner] = False
+    return sim[idx, partner], sim[keep].view(2 * n, 2 * n - 2)
+
+
+@pytest.mark.parametrize("n,dtype", [(1, torch.float32), (2, torch.float64), (7, torch.float32), (33, torch.float32)])
+def test_simclr_similarities_equal_the_masked_formulation_in_values_and_gradients(n, dtype):
+    g = torch.Generator().manual_seed(n)
+    z1 = torch.randn(n, 16, generator=g, dtype=dtype, requires_grad=True)
+    z2 = torch.randn(n, 16, generator=g, dtype=dtype, requires_grad=True)
+    (pos, neg), (ref_pos, ref_neg) = simclr_similarities(z1, z2), _masked_simclr_similarities(z1, z2)
+    assert torch.equal(pos, ref_pos) and torch.equal(neg, ref_neg)
+    w_pos = torch.randn(ref_pos.shape, generator=g, dtype=dtype)
+    w_neg = torch.randn(ref_neg.shape, generator=g, dtype=dtype)
+    grads = torch.autograd.grad((pos * w_pos).sum() + (neg * w_neg).sum(), (z1, z2))
+    ref = torch.autograd.grad((ref_pos * w_pos).sum() + (ref_neg * w_neg).sum(), (z1, z2))
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref))
+    # The losses on top are equal too (same similarities in the same order).
+    assert torch.equal(nt_xent(z1, z2, 0.2, epsilon=0.1), ContrastiveLoss(0.2, 0.1)(ref_pos, ref_neg))
+
+
 def _brute_hcl(pos, neg, tau, beta, tau_plus):
     pos_e = torch.exp(pos / tau)
     neg_e = torch.exp(neg / tau)

@@ -135,3 +135,14 @@ def test_dataset_images_stacks_raw_pixels_and_refuses_mixed_sizes():
     items.append((Image.fromarray(_image(size=16)), 3))
     with pytest.raises(UserError, match="image 3 is 16x16 px, image 0 32x32"):
         G.dataset_images(items)
+
+
+def test_accelerator_path_without_row_selection_gives_the_same_views(monkeypatch):
+    """On a GPU every op runs on the whole batch and is kept where drawn (no data-dependent shapes, so no
+    device→host wait); forced here on the CPU, the views equal those of the row-selecting CPU path."""
+    images = torch.randint(0, 256, (24, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    augment = G.BatchAugment(AugmentConfig(), "simclr", 16, (0.5,) * 3, (0.25,) * 3)
+    selected = augment(images, torch.Generator().manual_seed(1))
+    whole = G._apply_to_rows
+    monkeypatch.setattr(G, "_apply_to_rows", lambda *args: whole(*args, select=False))
+    assert torch.equal(augment(images, torch.Generator().manual_seed(1)), selected)

@@ -162,3 +162,57 @@ def test_views_are_random_crops_of_the_requested_size_and_eval_is_deterministic(
     ev = eval_transform(32, 256 / 224, (0.5,) * 3, (0.25,) * 3)
     assert torch.equal(ev(image), ev(image)) and ev(image).shape == (3, 32, 32)
     assert blur_kernel(32) == 3 and blur_kernel(224) == 23 and blur_kernel(96) == 9
+
+
+@pytest.mark.parametrize("crop", [16, 32, 48, 96])
+def test_views_equal_those_of_torchvision_blur_to_one_grey_level(crop):
+    """PIL's 3×3 / 5×5 filter with torchvision's kernel, σ draw and reflect padding gives torchvision's views
+    to one grey level in rare pixels (rounding); larger kernels (96 px: 9) are torchvision's own."""
+    from torchvision.transforms import v2
+    aug = AugmentConfig(blur_prob=1.0)
+    reference = v2.Compose([
+        v2.RandomResizedCrop(crop, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(aug.flip_prob),
+        v2.RandomApply([v2.ColorJitter(*aug.jitter)], p=aug.jitter_prob), v2.RandomGrayscale(aug.grayscale_prob),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel(crop), sigma=tuple(aug.blur_sigma))], p=aug.blur_prob),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
+    transform = train_transform(aug, "simclr", crop, (0.5,) * 3, (0.25,) * 3)
+    image = Image.fromarray(np.random.default_rng(crop).integers(0, 256, (crop + 9, crop + 5, 3), dtype=np.uint8))
+    grey_level = 1 / 255 / 0.25
+    for seed in range(6):
+        torch.manual_seed(seed)
+        ours, after_ours = transform(image), torch.rand(1)
+        torch.manual_seed(seed)
+        theirs, after_theirs = reference(image), torch.rand(1)
+        assert torch.equal(after_ours, after_theirs)                    # the same random draws
+        diff = (ours - theirs).abs()
+        assert diff.max() <= grey_level * 1.0001 and (diff > 0).float().mean() < 0.01
+        assert crop < 60 or diff.max() == 0
+
+
+@pytest.mark.parametrize("half,size", [(1, (5, 4)), (2, (7, 9)), (2, (32, 32))])
+def test_reflect_pad_equals_numpy_reflect(half, size):
+    from natural_images.augment import reflect_pad
+    pixels = np.random.default_rng(half).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    padded = np.asarray(reflect_pad(Image.fromarray(pixels), half))
+    assert np.array_equal(padded, np.pad(pixels, [(half, half), (half, half), (0, 0)], mode="reflect"))
+    grey = pixels[..., 0]
+    assert np.array_equal(np.asarray(reflect_pad(Image.fromarray(grey), half)), np.pad(grey, half, mode="reflect"))
+
+
+def test_blur_of_a_tensor_or_another_mode_is_torchvision_own():
+    from natural_images.augment import GaussianBlur
+    tensor = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+    torch.manual_seed(0)
+    ours = GaussianBlur(3, (0.5, 1.5))(tensor)
+    torch.manual_seed(0)
+    assert torch.equal(ours, torchvision_blur(tensor))
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 4), dtype=np.uint8))
+    torch.manual_seed(0)
+    ours = np.asarray(GaussianBlur(3, (0.5, 1.5))(rgba))
+    torch.manual_seed(0)
+    assert np.array_equal(ours, np.asarray(torchvision_blur(rgba)))
+
+
+def torchvision_blur(image):
+    from torchvision.transforms import v2
+    return v2.GaussianBlur(3, sigma=(0.5, 1.5))(image)

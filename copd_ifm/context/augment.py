@@ -38,6 +38,30 @@ def _rotation(angles: Tensor) -> Tensor:
     return rz @ ry @ rx
 
 
+Groups = Tensor | int
+
+
+def group_layout(x: Tensor, groups: Groups | None) -> tuple[Tensor, int, int]:
+    """``(groups [B] long, G, k)`` of a batch ``x`` ``[B, ...]``; ``k > 0`` when the groups are ``G``
+    consecutive runs of ``k`` patches (else 0).
+
+    ``groups`` is an int ``k`` (consecutive runs of ``k`` patches: what the steps pass, read without a
+    device→host sync), a ``[B]`` tensor of ids in ``[0, G)`` (any layout; ``G`` and the layout are read
+    back from the device), or None (one group per patch).
+    """
+    b = x.shape[0]
+    if groups is None or isinstance(groups, int):
+        k = groups or 1
+        if b % k:
+            raise ValueError(f"a batch of {b} patches is not whole groups of {k}")
+        return torch.arange(b // k, device=x.device).repeat_interleave(k), b // k, k
+    groups = groups.to(x.device)
+    g = int(groups.max()) + 1
+    k = b // g
+    consecutive = b == g * k and torch.equal(groups, torch.arange(g, device=x.device).repeat_interleave(k))
+    return groups, g, k if consecutive else 0
+
+
 def _uniform(n: int, bounds: list[float], device: torch.device) -> Tensor:
     return torch.empty(n, device=device).uniform_(bounds[0], bounds[1])
 
@@ -88,11 +112,10 @@ class RandAffineElastic3D:
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, x: Tensor, groups: Tensor | None = None) -> Tensor:
-        """``x`` ``[B, 1, P, P, P]``; ``groups`` ``[B]`` long in ``[0, G)`` (default: one group per patch)."""
-        b, p = x.shape[0], x.shape[-1]
-        groups = torch.arange(b, device=x.device) if groups is None else groups.to(x.device)
-        g = int(groups.max()) + 1
+    def __call__(self, x: Tensor, groups: Groups | None = None) -> Tensor:
+        """``x`` ``[B, 1, P, P, P]``; ``groups`` as in :func:`group_layout` (default: one group per patch)."""
+        p = x.shape[-1]
+        groups, g, k = group_layout(x, groups)
         cfg, dev = self.cfg, x.device
         unit = 2.0 / p  # one voxel in normalised [-1, 1] coordinates (align_corners=False)
         angles = (torch.rand(g, 3, device=dev) * 2 - 1) * math.radians(cfg.rotate_deg)
@@ -106,8 +129,7 @@ class RandAffineElastic3D:
         linear = rot * scale[:, None, :]                                                 # R · S
         offset = (rot @ shift[:, :, None]).view(g, 1, 1, 1, 3)                           # R · t
         grid = torch.einsum("gijkc,gdc->gijkd", points, linear).add_(offset).to(x.dtype)
-        k = b // g
-        if b == g * k and torch.equal(groups, torch.arange(g, device=dev).repeat_interleave(k)):
+        if k:
             # Equal consecutive groups (a batch of subject views): their patches become channels of one
             # image per group, as in the anchor's subject tensor, so the grid is not copied per patch.
             out = F.grid_sample(x.reshape(g, k * x.shape[1], p, p, p), grid, mode="bilinear",
@@ -128,8 +150,8 @@ class RandGaussianNoise:
     def __init__(self, noise_hu: float, p: float) -> None:
         self.max_sd, self.p = noise_hu / HU_PER_UNIT, p
 
-    def __call__(self, x: Tensor, groups: Tensor) -> Tensor:
-        g = int(groups.max()) + 1
+    def __call__(self, x: Tensor, groups: Groups | None = None) -> Tensor:
+        groups, g, _ = group_layout(x, groups)
         sd = _group_draw(groups, self.p, torch.rand(g, device=x.device) * self.max_sd, 0.0)
         return x + sd.to(x.dtype) * torch.randn_like(x)
 
@@ -144,8 +166,8 @@ class RandAdjustContrast:
     def __init__(self, gamma_range: list[float], p: float) -> None:
         self.gamma_range, self.p = gamma_range, p
 
-    def __call__(self, x: Tensor, groups: Tensor) -> Tensor:
-        g = int(groups.max()) + 1
+    def __call__(self, x: Tensor, groups: Groups | None = None) -> Tensor:
+        groups, g, _ = group_layout(x, groups)
         gamma = _group_draw(groups, self.p, _uniform(g, self.gamma_range, x.device), 1.0)
         flat = x.flatten(1)
         lo = torch.full((g,), math.inf, device=x.device, dtype=x.dtype).scatter_reduce(
@@ -164,7 +186,6 @@ class PatchAugment:
         self.noise = RandGaussianNoise(cfg.noise_hu, cfg.p_noise)
         self.deform = RandAffineElastic3D(cfg)
 
-    def __call__(self, x: Tensor, groups: Tensor | None = None) -> Tensor:
-        """``x`` ``[B, 1, P, P, P]`` → augmented ``[B, 1, P, P, P]``."""
-        groups = torch.arange(x.shape[0], device=x.device) if groups is None else groups.to(x.device)
+    def __call__(self, x: Tensor, groups: Groups | None = None) -> Tensor:
+        """``x`` ``[B, 1, P, P, P]`` → augmented ``[B, 1, P, P, P]``; ``groups`` as in :func:`group_layout`."""
         return self.deform(self.noise(self.contrast(x, groups), groups), groups)

@@ -11,12 +11,12 @@ every rank, so the gathered keys go to the right queue).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 if TYPE_CHECKING:
     from copd_ifm.ct.store import PatchStore
@@ -57,16 +57,17 @@ def graph_epoch_plan(n_subjects: int, batch: int, seed: int, epoch: int, sub: in
 
 
 class PatchStepDataset(Dataset):
-    """Item ``i`` of a plan → (``[b, 1, P, P, P]`` float32 network intensities, landmark id)."""
+    """Item ``step`` (a :class:`PatchStep` of a plan) → (``[b, 1, P, P, P]`` float32 network intensities,
+    landmark id).
 
-    def __init__(self, store: PatchStore, plan: list[PatchStep]) -> None:
-        self.store, self.plan = store, plan
+    Items are the plan's steps themselves (fed by a :class:`PlanSampler`), so one dataset, and the loader
+    workers holding it, serve every epoch's plan.
+    """
 
-    def __len__(self) -> int:
-        return len(self.plan)
+    def __init__(self, store: PatchStore) -> None:
+        self.store = store
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        step = self.plan[i]
+    def __getitem__(self, step: PatchStep) -> tuple[Tensor, int]:  # type: ignore[override]
         sids = self.store.sids
         cubes = np.stack([self.store.patches(sids[s])[step.landmark] for s in step.subjects])
         return torch.from_numpy(self.store.to_network(cubes))[:, None], step.landmark
@@ -98,24 +99,52 @@ def subject_adjacency(store: PatchStore, subjects: Sequence[int]) -> Tensor:
 
 
 class SubjectBatchDataset(Dataset):
-    """Item ``i`` → (patches ``[G, L, 1, P, P, P]`` float32 of the subjects of graph step ``i``, their
-    indices ``[G]``); the subjects' overlap graphs ``[G, L, L]`` are made here too when ``subject_graphs``."""
+    """Item ``step`` (a tuple of subject indices of a graph plan) → (patches ``[G, L, 1, P, P, P]`` float32 of
+    those subjects, their overlap graphs ``[G, L, L]`` when ``subject_graphs``, else None)."""
 
-    def __init__(self, store: PatchStore, plan: list[tuple[int, ...]], subject_graphs: bool = False) -> None:
+    def __init__(self, store: PatchStore, subject_graphs: bool = False) -> None:
         self.subjects = SubjectDataset(store)
-        self.plan, self.subject_graphs = plan, subject_graphs
+        self.subject_graphs = subject_graphs
 
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor | None]:
-        step = self.plan[i]
+    def __getitem__(self, step: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
         patches = torch.stack([self.subjects[s] for s in step])
         return patches, subject_adjacency(self.subjects.store, step) if self.subject_graphs else None
 
 
-def loader(dataset: Dataset, workers: int, batch_size: int | None = None) -> DataLoader:
-    """In-order loader with background workers (prefetch) and pinned memory on CUDA."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
+class PlanSampler(Sampler):
+    """Yields the items of ``plan``, which is replaced between passes (the sampler runs in the main process)."""
+
+    def __init__(self) -> None:
+        self.plan: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
+class PlanLoader:
+    """One loader for every pass of a phase: ``plan_loader(plan)`` → the batches of ``plan``, in order.
+
+    Its workers persist across epochs and sub-epochs (no restart, and the patch memory maps they opened
+    stay open); the plans are pure functions of the seed and epoch, so the batches are those of a new
+    loader per pass.
+    """
+
+    def __init__(self, dataset: Dataset, workers: int) -> None:
+        self.sampler = PlanSampler()
+        self.loader = loader(dataset, workers, sampler=self.sampler)
+
+    def __call__(self, plan: Sequence[Any]) -> DataLoader:
+        self.sampler.plan = list(plan)
+        return self.loader
+
+
+def loader(dataset: Dataset, workers: int, batch_size: int | None = None,
+           sampler: Sampler | None = None) -> DataLoader:
+    """In-order loader with background workers (prefetch) and pinned memory on CUDA; with a ``sampler``
+    (a loader reused across passes) the workers persist."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=sampler is not None and workers > 0,
                       prefetch_factor=4 if workers > 0 else None)

@@ -21,6 +21,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
+from torch_geometric.utils import add_remaining_self_loops
 
 
 def _conv(c_in: int, c_out: int, stride: int) -> nn.Module:
@@ -115,14 +116,21 @@ class GraphEncoder(nn.Module):
 
     def __init__(self, feat_dim: int = 128) -> None:
         super().__init__()
-        self.conv = GCNConv(feat_dim, feat_dim)
+        # GCNConv's own self-loop insertion cuts edges with a boolean mask (a device→host sync) on every
+        # call; the same PyG function runs here instead, once per lattice (see ``_edges``).
+        self.conv = GCNConv(feat_dim, feat_dim, add_self_loops=False)
         self.norm = nn.BatchNorm1d(feat_dim)
         self.act = nn.ELU()
         self.feat_dim = feat_dim
+        self._shared: tuple[Tensor, Tensor] | None = None   # (shared adjacency, its batched edges)
 
     def node_embeddings(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Node features ``[ΣL, F]`` and edges ``[2, E]`` → node embeddings ``[ΣL, F]``."""
-        return self.act(self.norm(self.conv(x, edge_index)))
+        """Node features ``[ΣL, F]`` and edges ``[2, E]`` → node embeddings ``[ΣL, F]`` (self loops added where
+        missing, as GCNConv adds them)."""
+        return self._embed(x, add_remaining_self_loops(edge_index, num_nodes=x.shape[0])[0])
+
+    def _embed(self, x: Tensor, edges_with_loops: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x, edges_with_loops)))
 
     def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
         """Node features ``[G, L, F]`` and adjacency ``[G, L, L]`` (bool) → mean node embedding ``[G, F]``.
@@ -130,6 +138,26 @@ class GraphEncoder(nn.Module):
         Dense per-subject inputs, so MoCo's shuffle-BN can move subjects with their graphs across ranks.
         """
         g, n, f = x.shape
+        return self._embed(x.reshape(g * n, f), self._edges(adjacency)).view(g, n, -1).mean(1)
+
+    def _edges(self, adjacency: Tensor) -> Tensor:
+        """Edges ``[2, E]`` of the ``G`` graphs, node ``i`` of graph ``g`` numbered ``g·L + i``, in ``nonzero`` order,
+        with the self loops GCNConv would add.
+
+        One ``[L, L]`` graph expanded to every subject (stride 0, the lattice) is looked up once and kept, with
+        the tensor itself so its memory cannot be reused by another: no ``nonzero`` (a device→host sync) per step.
+        """
+        shared = adjacency.dim() == 3 and adjacency.stride(0) == 0
+        if shared and self._shared is not None and _same_tensor(self._shared[0], adjacency):
+            return self._shared[1]
         graph, i, j = adjacency.nonzero(as_tuple=True)
-        edges = torch.stack([graph * n + i, graph * n + j])
-        return self.node_embeddings(x.reshape(g * n, f), edges).view(g, n, -1).mean(1)
+        n = adjacency.shape[1]
+        edges = add_remaining_self_loops(torch.stack([graph * n + i, graph * n + j]),
+                                         num_nodes=adjacency.shape[0] * n)[0]
+        if shared:
+            self._shared = (adjacency, edges)
+        return edges
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return (a.data_ptr(), a.shape, a.stride(), a.device) == (b.data_ptr(), b.shape, b.stride(), b.device)

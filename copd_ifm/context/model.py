@@ -117,8 +117,9 @@ class ContextModel(nn.Module):
     def graph_inputs(self, node_feats: Tensor, n_graphs: int,
                      adjacency: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Graph-encoder inputs of ``n_graphs`` subjects with node features ``[n_graphs·L, F]``:
-        ``([G, L, F], [G, L, L] bool)``; ``adjacency`` ``[G, L, L]`` per subject, default the lattice for all."""
+        ``([G, L, F], [G, L, L] bool)``; ``adjacency`` ``[G, L, L]`` per subject, default the lattice for all
+        (expanded, stride 0: the graph encoder keeps its edge list)."""
         x = node_feats.view(n_graphs, self.n_landmarks, -1)
         if adjacency is None:
-            adjacency = self.lattice.expand(n_graphs, -1, -1).contiguous()
+            adjacency = self.lattice.expand(n_graphs, -1, -1)   # a view: the encoder keeps its edges, no copy
         return x, adjacency.to(x.device)

@@ -10,14 +10,15 @@ cohort encoded once per epoch plus node dropout and feature noise
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from copd_ifm.context.augment import PatchAugment
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.context.data import (PatchStepDataset, SubjectBatchDataset, SubjectDataset, graph_epoch_plan, loader,
+from copd_ifm.context.data import (PatchStepDataset, PlanLoader, SubjectBatchDataset, SubjectDataset, graph_epoch_plan,
                                    patch_epoch_plan, subject_adjacency)
 from copd_ifm.context.model import ContextModel
 from copd_ifm.contrastive import distributed as D
@@ -37,6 +38,8 @@ class ContextSteps:
         self.graph_net: nn.Module = D.wrap_ddp(model.graph, info.device)
         self.cached: Tensor | None = None       # "feature" views: [n_subjects, L, F] of this epoch
         self.scale: Tensor | None = None        # per-feature sd over the cohort [F]
+        # One loader per kind of pass, built on first use; their workers live for the whole run.
+        self._loaders: dict[str, PlanLoader] = {}
 
     def phases(self) -> list[Phase]:
         """The patch phase then the graph phase (each only when enabled in ``schedule``)."""
@@ -63,7 +66,12 @@ class ContextSteps:
 
     def _patch_batches(self, epoch: int) -> tuple[Iterable[Any], int]:
         plan = self._patch_plan(epoch)
-        return loader(PatchStepDataset(self.store, plan), self.cfg.workers), len(plan)
+        return self._loader("patch", lambda: PatchStepDataset(self.store))(plan), len(plan)
+
+    def _loader(self, kind: str, dataset: Callable[[], Dataset]) -> PlanLoader:
+        if kind not in self._loaders:
+            self._loaders[kind] = PlanLoader(dataset(), self.cfg.workers)
+        return self._loaders[kind]
 
     def patch_step(self, batch: tuple[Tensor, Tensor]) -> StepOutput:
         """``[b, 1, P, P, P]`` patches of one landmark → cosines against that landmark's queue."""
@@ -80,7 +88,8 @@ class ContextSteps:
                                 self.info.rank, self.info.world_size)
         subject_graphs = self.cfg.graph == "subject"
         if sched.graph_views == "patch":
-            return loader(SubjectBatchDataset(self.store, plan, subject_graphs), self.cfg.workers), len(plan)
+            views = self._loader("graph", lambda: SubjectBatchDataset(self.store, subject_graphs))
+            return views(plan), len(plan)
         if sub == 0:
             self.cached = self._encode_cohort()
             self.scale = self.cached.flatten(0, 1).std(0)
@@ -89,8 +98,9 @@ class ContextSteps:
 
     def _encode_cohort(self) -> Tensor:
         """Frozen patch features of every subject without augmentation: ``[n_subjects, L, F]``."""
-        return torch.stack([self.model.node_features(x.to(self.info.device, non_blocking=True))
-                            for x in loader(SubjectDataset(self.store), self.cfg.workers, batch_size=1)])
+        return torch.stack([self.model.node_features(x[None].to(self.info.device, non_blocking=True))
+                            for x in self._loader("cohort", lambda: SubjectDataset(self.store))(
+                                range(len(self.store.sids)))])
 
     def _feature_view(self, feats: Tensor) -> Tensor:
         """Node dropout (zeroed nodes) and Gaussian noise: ``[N, F]`` → ``[N, F]``."""
@@ -110,10 +120,9 @@ class ContextSteps:
         else:
             patches = subjects.to(self.info.device, non_blocking=True)
             g = patches.shape[0]
-            groups = torch.arange(g, device=self.info.device).repeat_interleave(n_lm)
             flat = patches.flatten(0, 1)
-            with torch.no_grad(), autocast(self.info.device, self.cfg.amp):
-                f1 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
-                f2 = self.model.node_features(self.augment(flat, groups).view_as(patches)).float()
+            with torch.no_grad(), autocast(self.info.device, self.cfg.amp):   # one group per subject: n_lm patches
+                f1 = self.model.node_features(self.augment(flat, n_lm).view_as(patches)).float()
+                f2 = self.model.node_features(self.augment(flat, n_lm).view_as(patches)).float()
         out = self.graph_net(self.model.graph_inputs(f1, g, adjacency), self.model.graph_inputs(f2, g, adjacency))
         return StepOutput(out.pos, out.neg, g)

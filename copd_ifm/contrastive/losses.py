@@ -27,6 +27,7 @@ by the same factor.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -69,19 +70,26 @@ def simclr_similarities(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``pos`` ``[2N]`` and ``neg`` ``[2N, 2N − 2]``: anchor ``a`` of the stacked
         ``[z1; z2]`` has its other view as positive and the ``2N − 2`` remaining
-        embeddings as negatives.
+        embeddings as negatives, in column order.
+
+    The positives are the ``±N`` diagonals of the similarity matrix and the
+    negatives one ``gather`` with a cached index, so no boolean mask is built
+    (no ``nonzero``, hence no device→host sync on CUDA, and a plain scatter backward).
     """
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     sim = z @ z.T
-    idx = torch.arange(2 * n, device=z.device)
-    partner = (idx + n) % (2 * n)
-    pos = sim[idx, partner]
-    keep = torch.ones_like(sim, dtype=torch.bool)
-    keep[idx, idx] = False
-    keep[idx, partner] = False
-    neg = sim[keep].view(2 * n, 2 * n - 2)
-    return pos, neg
+    pos = torch.cat([sim.diagonal(n), sim.diagonal(-n)])
+    return pos, sim.gather(1, _negative_columns(n, sim.device))
+
+
+@functools.lru_cache(maxsize=16)
+def _negative_columns(n: int, device: torch.device) -> Tensor:
+    """``[2N, 2N − 2]``: anchor ``a``'s negative columns, every ``j`` with ``j mod N ≠ a mod N``, ascending."""
+    position = torch.arange(2 * n - 2)
+    block, within = position // (n - 1), position % (n - 1)
+    anchor = torch.arange(2 * n)[:, None] % n
+    return (block * n + within + (within >= anchor).long()).to(device)
 
 
 def perturb(pos: Tensor, neg: Tensor, epsilon: Epsilon) -> tuple[Tensor, Tensor]:

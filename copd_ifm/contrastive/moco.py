@@ -104,6 +104,14 @@ class MoCo(nn.Module):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(num_queues, queue_size, dim), dim=-1))
         self.register_buffer("queue_ptr", torch.zeros(num_queues, dtype=torch.long))
+        # The pointers also live on the host, so enqueueing never reads the device back (a sync per step on
+        # CUDA); the buffer is written alongside for checkpoints and re-read once after a state_dict load.
+        self._host_ptr: list[int] | None = None
+        self.register_load_state_dict_post_hook(MoCo._forget_host_ptr)
+
+    @staticmethod
+    def _forget_host_ptr(module: "MoCo", incompatible_keys: object) -> None:
+        module._host_ptr = None
 
     @property
     def queue_size(self) -> int:
@@ -111,18 +119,23 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """``θ_k ← m·θ_k + (1 − m)·θ_q`` for every parameter of the key encoder."""
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
-            pk.mul_(self.momentum).add_(pq.detach(), alpha=1 - self.momentum)
+        """``θ_k ← m·θ_k + (1 − m)·θ_q`` for every parameter of the key encoder (one fused update of all)."""
+        keys = list(self.encoder_k.parameters())
+        torch._foreach_mul_(keys, self.momentum)
+        torch._foreach_add_(keys, [p.detach() for p in self.encoder_q.parameters()], alpha=1 - self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, queue_id: int = 0) -> None:
         """Write ``keys`` ``[B, dim]`` (gathered from all ranks) at the pointer, wrapping around."""
-        keys = D.all_gather_no_grad(keys)[-self.queue_size:]
-        ptr = int(self.queue_ptr[queue_id])
-        idx = (ptr + torch.arange(keys.shape[0], device=keys.device)) % self.queue_size
-        self.queue[queue_id, idx] = keys.to(self.queue.dtype)
-        self.queue_ptr[queue_id] = (ptr + keys.shape[0]) % self.queue_size
+        keys = D.all_gather_no_grad(keys)[-self.queue_size:].to(self.queue.dtype)
+        if self._host_ptr is None:
+            self._host_ptr = self.queue_ptr.tolist()
+        ptr, b = self._host_ptr[queue_id], keys.shape[0]
+        head = min(b, self.queue_size - ptr)              # up to the end of the queue, the rest wraps to the start
+        self.queue[queue_id, ptr:ptr + head] = keys[:head]
+        self.queue[queue_id, :b - head] = keys[head:]
+        self._host_ptr[queue_id] = (ptr + b) % self.queue_size
+        self.queue_ptr[queue_id] = self._host_ptr[queue_id]
 
     @torch.no_grad()
     def keys(self, *inputs: object) -> Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -242,6 +243,40 @@ def to_network(x: Any) -> Any:
     return ((np.asarray(x, dtype=np.float32) + 1024.0) / 632.0 - 1.0).astype(np.float32)
 
 
+def _map_limit() -> int:
+    """Maps kept per process: 1024, or half the open-file limit where that is lower."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 1024
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 2))
+
+
+class OpenMaps:
+    """Memory maps of ``.npy`` files, each opened once per process and reused (the header parse and ``mmap``
+    cost more than reading a 32³ patch). Each map holds a file descriptor, so past ``limit`` the least
+    recently used is closed. Read-only shared maps stay valid in forked loader workers; pickling (spawned
+    workers) carries no map, each process opens its own."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or _map_limit()
+        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def get(self, path: Path) -> np.ndarray:
+        found = self._maps.pop(path, None)
+        self._maps[path] = np.load(path, mmap_mode="r") if found is None else found
+        if len(self._maps) > self.limit:
+            self._maps.popitem(last=False)
+        return self._maps[path]
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"limit": self.limit}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["limit"])
+
+
 class PatchStore:
     """Read a patch store folder (layout in the module docstring).
 
@@ -266,6 +301,7 @@ class PatchStore:
                             "fix them and run `copd-ifm preprocess --cohort ...` again")
         self.sids: list[str] = sorted(ok["sid"])
         self._ok = set(self.sids)
+        self._patch_maps = OpenMaps()
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -317,8 +353,8 @@ class PatchStore:
         return self.path / folder / f"{sid}.npy"
 
     def patches(self, sid: str) -> np.ndarray:
-        """Memory-mapped [L, P, P, P] int16 HU patches of ``sid`` (axes z, y, x)."""
-        return np.load(self._file(PATCHES, sid), mmap_mode="r")
+        """Memory-mapped [L, P, P, P] int16 HU patches of ``sid`` (axes z, y, x), read-only; the map is reused."""
+        return self._patch_maps.get(self._file(PATCHES, sid))
 
     def centers(self, sid: str) -> np.ndarray:
         """[L, 3] float32 mapped corners of ``sid`` (continuous x, y, z voxel indices)."""
