@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -331,3 +332,34 @@ def test_one_seed_reports_no_spread_and_a_loss_at_chance_is_a_smoke_test(tmp_pat
     assert "IFM better in 0, worse in 0, no detectable difference in 0, untestable in 6" in text
     assert "No untrained-encoder control (study.control: false)" in text
     assert pd.read_csv(tmp_path / "ifm_table.csv")["acc_color_sd"].isna().all()
+
+
+@pytest.mark.parametrize("name", ["ifm-small", "difficulty-small"])
+def test_report_only_on_a_committed_study_without_runs_regenerates_it_unchanged(name, tmp_path, monkeypatch):
+    """The committed study folders hold results.csv but no run folders: re-reporting keeps every run."""
+    from pathlib import Path
+
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / name
+    out = tmp_path / name
+    shutil.copytree(committed, out)
+    study = name.removesuffix("-small")
+    assert main(["vision", "study", study, "--scale", "small", "--out", str(out), "--report-only"]) == 0
+    for path in sorted(committed.iterdir()):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert "18 of 18 runs finished" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_report_only_with_fewer_planned_runs_than_reported_is_refused(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "ifm-small"
+    out = tmp_path / "ifm-small"
+    shutil.copytree(committed, out)
+    argv = ["vision", "study", "ifm", "--scale", "small", "--out", str(out), "--report-only", "--seeds", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eps0.1_tau0.05_seed2" in err and "--seeds" in err
+    for path in committed.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name

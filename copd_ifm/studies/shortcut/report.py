@@ -30,7 +30,7 @@ from copd_ifm.evaluation.cv import cross_validate
 from copd_ifm.stats import holm, paired_difference
 from copd_ifm.studies.shortcut import plots
 from copd_ifm.studies.shortcut.plan import RunPlan, ShortcutStudy
-from copd_ifm.studies.shortcut.run import RESULT_FILE, Target
+from copd_ifm.studies.shortcut.run import RESULT_FILE, Target, check_report_keeps_runs
 
 RESULT_COLUMNS = ["method", "epsilon", "tau", "seed", "features", "latent", "kind", "metric", "value", "fold_sd",
                   "folds_ok", "run_id"]
@@ -274,6 +274,7 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     """Write every report file from the finished runs; returns the results table."""
     from copd_ifm.context.train import open_store
 
+    check_report_keeps_runs(out)
     results, runs = collect_results(out, plans, targets, density, study.samples_per_dim)
     files.atomic_write_text(out / "results.csv", results.to_csv(index=False, float_format="%.8g"))
     table = comparisons(results)

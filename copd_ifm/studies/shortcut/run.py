@@ -175,6 +175,23 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     return result
 
 
+def check_report_keeps_runs(out: Path) -> None:
+    """Refuse to rewrite a report that would hold fewer runs than ``OUT/results.csv`` already reports.
+
+    The report is rebuilt from the run folders (their read-outs and regional maps), so a study folder
+    copied or committed without ``runs/`` cannot be re-reported, only restored.
+    """
+    saved = out / "results.csv"
+    if not saved.is_file():
+        return
+    ids = pd.read_csv(saved, usecols=["run_id"])["run_id"].dropna().astype(str)
+    missing = [i for i in dict.fromkeys(ids) if not (out / "runs" / i / RESULT_FILE).is_file()]
+    if missing:
+        raise UserError(f"{saved} reports {ids.nunique()} finished runs, but {len(missing)} of their run "
+                        f"folders are not here (e.g. {out / 'runs' / missing[0] / RESULT_FILE}); rewriting would drop "
+                        f"them: restore {out / 'runs'} or give another --out")
+
+
 def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0, 1),
               device: str = "auto", report_only: bool = False) -> Path:
     """Build the cohort, run this shard's unfinished runs (none when ``report_only``), then write the report
@@ -185,6 +202,8 @@ def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0
     if not (n >= 1 and 0 <= k < n):
         raise UserError(f"--shard {k}/{n}: need 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     out = Path(out)
+    if report_only:  # before building the cohort: a copied folder without runs fails at once
+        check_report_keeps_runs(out)
     check_or_save_study(study, out)
     cohort = prepare_cohort(study, out)
     plans = plan_runs(study, base_tau(study, cohort))
