@@ -64,14 +64,20 @@ _PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "ifm_on
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from copd_ifm import config as cfg_io
-    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.cohort.config import CohortConfig, resolve_cohort
     from copd_ifm.context.config import PretrainConfig
     from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config
 
     cohort_sets, sets = cfg_io.split_prefix(overrides(args, _PRETRAIN_FLAGS), "cohort")
+    cohort_fields = {f.name for f in dataclasses.fields(CohortConfig)} - {f.name for f in dataclasses.fields(PretrainConfig)}
+    misplaced = [key for key in sets if key.split(".", 1)[0] in cohort_fields]
+    if misplaced:
+        raise UserError(f"--set {misplaced[0]}=…: {misplaced[0].split('.', 1)[0]} is a cohort field; pretrain "
+                        f"takes cohort fields with the prefix cohort. (--set cohort.{misplaced[0]}=…)")
     if args.resume or args.extend:
         if not args.out:
             raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out")

@@ -75,7 +75,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         raise UserError(f"--samples-per-dim must be at least 1, got {samples_per_dim}")
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
-    manifest = read_manifest(cohort.manifest_path)
+    manifest = read_manifest(cohort.manifest_path, cohort.name)
     warnings = range_warnings(chosen, manifest, cohort.outcomes, str(cohort.manifest_path))
     if densitometry is None:
         base = densitometry_features(load_densitometry(cohort), str(cohort.store_path))

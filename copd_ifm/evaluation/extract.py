@@ -45,8 +45,8 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
     if store.patch_size != run_cohort.patch_size or store.n_landmarks != model.n_landmarks:
         raise UserError(f"{cohort.store_path}: store has {store.n_landmarks} landmarks of {store.patch_size}³ but "
                         f"run {run_dir} was trained on {model.n_landmarks} of {run_cohort.patch_size}³; "
-                        f"preprocess the cohort with the run's patch settings "
-                        f"(--set patch_size={run_cohort.patch_size} spacing_mm={run_cohort.spacing_mm})")
+                        f"preprocess the cohort with the run's patch settings (copd-ifm preprocess --set "
+                        f"patch_size={run_cohort.patch_size} --set spacing_mm={run_cohort.spacing_mm:g})")
     coords = torch.as_tensor(store.landmark_coords, dtype=torch.float32, device=dev)
     if not torch.allclose(coords, model.landmark_coords, atol=1e-5):
         raise UserError(f"{cohort.store_path}: landmark grid differs from the run's; preprocess with the same "

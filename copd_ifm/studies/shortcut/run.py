@@ -81,7 +81,7 @@ def prepare_cohort(study: ShortcutStudy, out: Path) -> CohortConfig:
 def study_targets(study: ShortcutStudy, cohort: CohortConfig, sids: pd.Index) -> list[Target]:
     """Every latent and outcome of the study over the subjects ``sids``, with folds shared by every method."""
     latents = pd.read_csv(cohort.root / "latents.csv", dtype={"sid": str}).set_index("sid")
-    manifest = read_manifest(cohort.manifest_path)
+    manifest = read_manifest(cohort.manifest_path, cohort.name)
     pairs: list[tuple[Outcome, pd.Series, bool]] = []
     for name in dict.fromkeys([*study.latents, study.regions_latent]):   # the regional latent is read out too
         outcome = SITE if name == "site" else Outcome(name, "continuous", name, f"latent {name} (latents.csv)")
