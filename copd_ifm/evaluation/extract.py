@@ -53,8 +53,9 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
                         f"landmark_step_mm and atlas as cohort {run_cohort.name!r}")
     rows, node_rows = [], []
     with torch.no_grad():
-        for sid, patches in zip(store.sids, tqdm(loader(SubjectDataset(store), workers, batch_size=1),
-                                                 total=len(store.sids), desc="extract", unit="subject")):
+        # the bar leads the zip so that it sees its iterator end and closes at n/n
+        for patches, sid in zip(tqdm(loader(SubjectDataset(store), workers, batch_size=1), total=len(store.sids),
+                                     desc=f"extract {Path(run_dir).name}", unit="subject"), store.sids):
             feats = model.node_features(patches.to(dev))                            # [L, F]
             edges = store.subject_graph(sid).to(dev) if cfg.graph == "subject" else model.edge_index
             nodes = model.graph_encoder.node_embeddings(feats, edges)               # [L, F]
