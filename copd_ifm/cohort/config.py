@@ -157,14 +157,17 @@ def synthetic_defaults(manifest: Path) -> dict[str, Any]:
     if not params_path.is_file():
         return {}
     try:
-        spacing = float(json.loads(params_path.read_text(encoding="utf-8"))["spacing_mm"])
+        params = json.loads(params_path.read_text(encoding="utf-8"))
+        spacing = float(params["spacing_mm"])
+        synthetic = {"n": int(params["n"]), "seed": int(params["seed"]), "nuisance": float(params.get("nuisance", 1.0))}
     except (ValueError, KeyError, TypeError):
-        raise UserError(f"{params_path}: not a synth.json written by `copd-ifm synth` (no spacing_mm); "
+        raise UserError(f"{params_path}: not a synth.json written by `copd-ifm synth` (needs n, seed, spacing_mm); "
                         f"regenerate the cohort or remove the file to use the default settings") from None
     template = cfg.read_yaml(cfg.CONFIG_DIR / "cohorts" / f"{SYNTHETIC_TEMPLATE}.yaml")
     cube_mm = float(template["patch_size"]) * float(template["spacing_mm"])
     data = {k: v for k, v in template.items() if k not in ("name", "manifest", "store", "synthetic")}
-    data.update(spacing_mm=spacing, patch_size=max(4, round(cube_mm / spacing)))
+    # ``synthetic`` marks the reports as synthetic; the cohort then resumes or is reused, never regenerated otherwise
+    data.update(spacing_mm=spacing, patch_size=max(4, round(cube_mm / spacing)), synthetic=synthetic)
     return data
 
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
+from copd_ifm.evaluation.cv import CHANCE  # noqa: E402
 from copd_ifm.evaluation.outcomes import Outcome  # noqa: E402
 from copd_ifm.evaluation.report import METRICS  # noqa: E402
 from copd_ifm.files import save_figure
@@ -87,5 +88,9 @@ def plot_metrics(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[s
         ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{outcome.name} {label}", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.6)
+        if (CHANCE, outcome.name, metric) in cells.index:
+            ax.axhline(cells.loc[(CHANCE, outcome.name, metric), "mean"] * scale, color="grey", linestyle="--",
+                       linewidth=1, label="chance (training mean / majority level)")
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
