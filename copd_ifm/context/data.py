@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from copd_ifm.contrastive.runtime import loader_workers
+
 if TYPE_CHECKING:
     from copd_ifm.ct.store import PatchStore
 
@@ -116,6 +118,6 @@ class SubjectBatchDataset(Dataset):
 
 def loader(dataset: Dataset, workers: int, batch_size: int | None = None) -> DataLoader:
     """In-order loader with background workers (prefetch) and pinned memory on CUDA."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(workers),
                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
                       prefetch_factor=4 if workers > 0 else None)

@@ -20,7 +20,7 @@ from copd_ifm import files
 from copd_ifm.contrastive import info_nce_from_similarities
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.checkpoint import Checkpointer
-from copd_ifm.contrastive.runtime import seed_everything
+from copd_ifm.contrastive.runtime import loader_workers, seed_everything
 from copd_ifm.errors import UserError
 from natural_images.augment import TwoViews, train_transform
 from natural_images.backbones import resolve_stem
@@ -96,7 +96,7 @@ def final_infonce(run_dir: str | Path, batches: int, device: torch.device | str 
     dataset = build_dataset(run_cfg.data, "pretrain", views)
     torch.manual_seed(run_cfg.seed)
     loader = DataLoader(dataset, batch_size=min(run_cfg.batch_size, len(dataset)), shuffle=True,
-                        drop_last=True, num_workers=run_cfg.data.workers,
+                        drop_last=True, num_workers=loader_workers(run_cfg.data.workers),
                         generator=torch.Generator().manual_seed(run_cfg.seed))
     losses = []
     for (x1, x2), _ in itertools.islice(loader, batches):
