@@ -40,8 +40,8 @@ def _shim(folder: Path) -> Path:
 
 def test_section_one_runs_verbatim_on_a_tiny_cohort(tmp_path: Path) -> None:
     commands = _commands(_section("1. "))
-    assert [c.split()[1] for c in commands] == ["synth", "preprocess", "pretrain", "pretrain", "extract", "extract",
-                                                 "evaluate"]
+    assert [c.split()[1] for c in commands] == ["synth", "preprocess", "pretrain", "pretrain", "pretrain", "extract",
+                                                 "extract", "extract", "evaluate"]
     work = tmp_path / "work"
     work.mkdir()
     repo = str(Path(__file__).resolve().parents[1])
@@ -55,9 +55,11 @@ def test_section_one_runs_verbatim_on_a_tiny_cohort(tmp_path: Path) -> None:
     assert (cohort.spacing_mm, cohort.patch_size) == (4.0, 8)          # synth.json: the demo's 32 mm cube at 4 mm
     results = pd.read_csv(work / "reports" / "demo" / "results.csv")
     methods = set(results["method"])
-    assert {"densitometry", "demo-baseline/graph", "demo-ifm/graph"} <= methods
+    assert {"densitometry", "demo-baseline/graph", "demo-ifm/graph", "demo-untrained/graph", "chance"} <= methods
     assert results.groupby(["method", "outcome"])["fold"].nunique().eq(5).all()
-    for run in ("demo-baseline", "demo-ifm"):
+    report = (work / "reports" / "demo" / "report.md").read_text(encoding="utf-8")
+    assert "Synthetic cohort" in report and "## Noise" in report and "| chance |" in report
+    for run in ("demo-baseline", "demo-ifm", "demo-untrained"):
         assert (work / "runs" / run / "features.parquet").is_file()
         assert len(pd.read_parquet(work / "runs" / run / "features.parquet")) == 10
 
@@ -75,7 +77,12 @@ def test_section_two_parses_as_written_and_a_real_manifest_keeps_the_real_ct_def
         assert argv[0] == "copd-ifm"
         args = parser.parse_args(argv[1:])
         stages.append(args.stage)
-    assert stages == ["preprocess", "pretrain", "pretrain", "extract", "extract", "evaluate"]
+    assert stages == ["preprocess", "pretrain", "pretrain", "pretrain", "extract", "extract", "extract", "evaluate"]
+    # the same stages and flags as the section run verbatim above, with the user's manifest and run names
+    demo = [shlex.split(c)[1:] for c in _commands(_section("1. "))[1:]]
+    mine = [shlex.split(c.replace('"$MANIFEST"', "M"))[1:] for c in commands[1:]]
+    assert [[a for a in argv if a.startswith("--")] for argv in mine] == \
+        [[a for a in argv if a.startswith("--")] + (["--workers"] if argv[0] == "preprocess" else []) for argv in demo]
     cohort = resolve_cohort(str(manifest))
     assert (cohort.spacing_mm, cohort.patch_size, cohort.pretrain_overrides) == (1.0, 32, {})
     # the same manifest written by `copd-ifm synth` (synth.json beside it) gets the demo's settings instead

@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from copd_ifm import config as cfg_io
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.context.train import build_model, open_store, pretrain, write_run_config
+from copd_ifm.context.train import open_store, pretrain, save_untrained
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.cv import assign_folds, cross_validate
@@ -118,14 +117,6 @@ def regional_readout(nodes: np.ndarray, sids: list[str], target: Target, samples
         r2 = cross_validate({"node": frame}, target.y, target.folds, target.outcome, samples_per_dim).results["r2"]
         rows.append({"landmark": landmark, "r2": r2.mean(), "r2_sd": r2.std()})
     return pd.DataFrame(rows)
-
-
-def save_untrained(cohort: CohortConfig, cfg: PretrainConfig, run_dir: Path) -> None:
-    """A run folder holding the model of ``cfg`` before any training step (the seed's initial weights)."""
-    model = build_model(cfg, open_store(cohort))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, cohort, cfg)
-    Checkpointer(run_dir).save({"epoch": 0, "step": 0, "model": model.state_dict(), "config": cfg_io.to_dict(cfg)})
 
 
 def _final_losses(run_dir: Path, cfg: PretrainConfig) -> dict[str, float]:
