@@ -164,3 +164,17 @@ def test_no_cell_is_bold_unless_it_beats_chance_and_noise_is_stated():
                         "methods): within noise.")
     assert lines[1].startswith("Paraseptal acc. %: the methods' means span 5.0 against a fold sd of 10.0")
     assert lines[1].endswith("No method beats chance (62.5), so none is in bold.")
+
+
+def test_confusion_panels_share_one_colour_scale(tmp_path, monkeypatch):
+    from copd_ifm.evaluation import plots
+    from copd_ifm.evaluation.outcomes import OUTCOMES
+
+    captured = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig) and path)
+    observed = [0, 0, 0, 0, 1, 2]
+    frame = pd.concat([pd.DataFrame({"method": m, "outcome": "Paraseptal", "observed": observed, "predicted": pred})
+                       for m, pred in (("a", [0, 0, 0, 0, 0, 0]), ("b", [0, 1, 2, 1, 1, 2]))])
+    plots.plot_confusion(frame, OUTCOMES["Paraseptal"], ["a", "b"], tmp_path / "c.png")
+    images = [ax.images[0] for ax in captured["fig"].axes if ax.images]
+    assert [im.get_clim() for im in images] == [(0, 4), (0, 4)]     # a's largest cell (4) sets both scales

@@ -60,14 +60,16 @@ def plot_pred_vs_obs(predictions: pd.DataFrame, summary: pd.DataFrame, outcome: 
 
 
 def plot_confusion(predictions: pd.DataFrame, outcome: Outcome, methods: list[str], path: Path) -> Path:
-    """Confusion matrix (rows = true level, columns = predicted level, counts) per method."""
+    """Confusion matrix (rows = true level, columns = predicted level, counts) per method, on one colour scale."""
     fig, axes = _grid(len(methods), size=3.8)
     data = predictions[(predictions["outcome"] == outcome.name) & predictions["predicted"].notna()]
     codes = list(range(len(outcome.levels)))
-    for ax, method in zip(axes, methods):
-        part = data[data["method"] == method]
-        matrix = confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
-        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(ax=ax, colorbar=False)
+    matrices = [confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
+                for part in (data[data["method"] == method] for method in methods)]
+    top = max([int(m.max()) for m in matrices] + [1])  # a shared scale: the same colour is the same count everywhere
+    for ax, method, matrix in zip(axes, methods, matrices):
+        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(
+            ax=ax, colorbar=False, im_kw={"vmin": 0, "vmax": top})
         ax.set_title(method, fontsize=9)
     fig.suptitle(f"{outcome.name}: " + ", ".join(f"{i}={lab}" for i, lab in enumerate(outcome.levels)),
                  fontsize=9)
