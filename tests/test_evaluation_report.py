@@ -160,9 +160,9 @@ def test_no_cell_is_bold_unless_it_beats_chance_and_noise_is_stated():
     assert "**" not in "".join(shown["Paraseptal acc. %"])            # 60 % < 62.5 % of the majority guess
     assert "**" not in "".join(shown["Paraseptal 1-off %"])           # a tie with chance is no win
     lines = noise_lines(summary, outcomes, ["a", "b", "chance"])
-    assert lines[0] == ("logFEV1pp R²: the methods' means span 0.020 against a fold sd of 0.200 (median over "
-                        "methods): within noise.")
-    assert lines[1].startswith("Paraseptal acc. %: the methods' means span 5.0 against a fold sd of 10.0")
+    assert lines[0] == ("logFEV1pp R²: the 2 run feature sets span 0.020 against a fold sd of 0.200 (median over "
+                        "them): within noise.")
+    assert lines[1].startswith("Paraseptal acc. %: the 2 run feature sets span 5.0 against a fold sd of 10.0")
     assert lines[1].endswith("No method beats chance (62.5), so none is in bold.")
 
 

@@ -49,7 +49,8 @@ def test_section_one_runs_verbatim_on_a_tiny_cohort(tmp_path: Path) -> None:
            "PATH": f"{_shim(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     script = "set -eu\n" + "\n".join(commands) + "\n"
-    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cohort = resolve_cohort(str(work / "data" / "demo" / "manifest.csv"))
     assert (cohort.spacing_mm, cohort.patch_size) == (4.0, 8)          # synth.json: the demo's 32 mm cube at 4 mm

@@ -219,8 +219,10 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
     return CVResult(pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.concat(preds, ignore_index=True))
 
 
-#: Method name of the no-feature baseline rows (:func:`chance_folds`).
+#: Method names of the two reference rows of every evaluation: no features (:func:`chance_folds`) and the
+#: densitometry the clinic already measures; the others are the runs' feature sets.
 CHANCE = "chance"
+DENSITOMETRY = "densitometry"
 
 
 def chance_folds(y: pd.Series, folds: pd.Series, outcome: Outcome) -> pd.DataFrame:

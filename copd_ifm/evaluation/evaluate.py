@@ -16,7 +16,7 @@ from tqdm import tqdm
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation import plots
-from copd_ifm.evaluation.cv import CHANCE, SAMPLES_PER_DIM, assign_folds, chance_folds, cross_validate
+from copd_ifm.evaluation.cv import CHANCE, DENSITOMETRY, SAMPLES_PER_DIM, assign_folds, chance_folds, cross_validate
 from copd_ifm.evaluation.features import read_feature_sets
 from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, range_warnings, read_manifest
 from copd_ifm.evaluation.report import Evaluation, summarize, write_report
@@ -24,7 +24,6 @@ from copd_ifm.evaluation.report import Evaluation, summarize, write_report
 log = logging.getLogger(__name__)
 
 #: Method name of the classical baseline and its columns (%, HU, litres).
-DENSITOMETRY = "densitometry"
 CHANCE_TEXT = ("no features: each test fold predicted by its training part's mean (continuous; R² about 0 or "
                "below) or most common level (ordinal); a method has learned something only above this row")
 DENSITOMETRY_COLUMNS = ("laa950_pct", "perc15_hu", "lung_volume_l")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from copd_ifm.evaluation.cv import CHANCE
+from copd_ifm.evaluation.cv import CHANCE, DENSITOMETRY
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome
 from copd_ifm.files import atomic_write_text
 
@@ -118,27 +118,35 @@ def table(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str],
     return out
 
 
-def noise_lines(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str]) -> list[str]:
-    """One plain sentence per table column: how far apart the methods' means are against the fold sd.
+NOISE_LEAD = ("The fold sd is the spread of one method's score over the test folds. Two means closer than it are "
+              "within noise: this cohort cannot tell them apart. A paired test over folds or seeds is what could.")
 
-    Not a test (folds share training subjects, and nothing here is paired): a spread below the typical fold sd
-    is stated as within noise, and a column where no method beats chance says so.
+
+def noise_lines(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str]) -> list[str]:
+    """One plain sentence per table column: how far apart the runs' feature sets are against the fold sd.
+
+    The runs' feature sets are every method but the references (densitometry, chance); with fewer than two,
+    densitometry joins them. Not a test (folds share training subjects, and nothing here is paired): a spread
+    below the typical fold sd is stated as within noise, and a column where nothing beats chance says so.
     """
     cells = summary.set_index(["method", "outcome", "metric"])
+    runs = [m for m in methods if m not in (CHANCE, DENSITOMETRY)]
+    compared = runs if len(runs) >= 2 else [m for m in methods if m != CHANCE]
+    what = f"the {len(compared)} run feature sets" if compared == runs else "the methods"
     lines = []
     for outcome, metric, label, scale in _columns(outcomes):
-        rows = [cells.loc[(m, outcome.name, metric)] for m in methods if m != CHANCE]
+        rows = [cells.loc[(m, outcome.name, metric)] for m in compared]
         means = np.array([r["mean"] for r in rows], dtype=float) * scale
         sds = np.array([r["sd"] for r in rows], dtype=float) * scale
-        if not np.isfinite(means).any():
+        if len(rows) < 2 or not np.isfinite(means).all():
             continue
         digits = 3 if scale == 1.0 else 1
-        spread, sd = np.nanmax(means) - np.nanmin(means), float(np.nanmedian(sds))
-        text = (f"{label}: the methods' means span {spread:.{digits}f} against a fold sd of {sd:.{digits}f} "
-                f"(median over methods)")
+        spread, sd = means.max() - means.min(), float(np.nanmedian(sds))
+        text = f"{label}: {what} span {spread:.{digits}f} against a fold sd of {sd:.{digits}f} (median over them)"
         text += ": within noise." if spread < sd else ": more than one fold sd apart (not a paired test)."
         chance = cells["mean"].get((CHANCE, outcome.name, metric))
-        if chance is not None and np.isfinite(chance) and not np.nanmax(means) > chance * scale + 1e-9:
+        everything = [cells.loc[(m, outcome.name, metric), "mean"] for m in methods if m != CHANCE]
+        if chance is not None and np.isfinite(chance) and not np.nanmax(everything) > chance + 1e-12:
             text += f" No method beats chance ({chance * scale:.{digits}f}), so none is in bold."
         lines.append(text)
     return lines
@@ -246,7 +254,7 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     if ev.warnings:
         md += ["## Warnings", ""] + [f"- {w}" for w in ev.warnings] + [""]
     md += [lead, "", _markdown(table(summary, ev.outcomes, list(ev.methods))), "", "## Noise", ""]
-    md += [f"- {n}" for n in noise] + ["", "## Subjects", "",
+    md += [NOISE_LEAD, ""] + [f"- {n}" for n in noise] + ["", "## Subjects", "",
            _markdown(_counts_table(ev)), "", "## Methods", ""]
     md += [f"- `{m}`: {desc}" for m, desc in ev.methods.items()]
     if notes:
@@ -265,7 +273,7 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
         body += ["<h2>Warnings</h2><ul>"] + [f"<li>{esc(w)}</li>" for w in ev.warnings] + ["</ul>"]
     summary_html = table(summary, ev.outcomes, list(ev.methods), ("<b>", "</b>")).to_html(escape=False,
                                                                                           index_names=False)
-    body += [f"<p>{esc(lead)}</p>", summary_html, "<h2>Noise</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in noise]
+    body += [f"<p>{esc(lead)}</p>", summary_html, f"<h2>Noise</h2><p>{esc(NOISE_LEAD)}</p><ul>"] + [f"<li>{esc(n)}</li>" for n in noise]
     body += ["</ul>", "<h2>Subjects</h2>", _counts_table(ev).to_html(index_names=False), "<h2>Methods</h2><ul>"]
     body += [f"<li><code>{esc(m)}</code>: {esc(d)}</li>" for m, d in ev.methods.items()] + ["</ul>"]
     if notes:
