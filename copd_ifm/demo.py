@@ -1,6 +1,7 @@
 """``copd-ifm demo``: the whole chain on the embedded synthetic cohort.
 
-synth → preprocess → pretrain (baseline and IFM ε = 0.1) → extract → evaluate,
+synth → preprocess → pretrain (baseline and IFM ε = 0.1; the untrained encoder as a control) → extract →
+evaluate,
 each stage through the same functions the CLI stages call, each skipped when
 its output already exists (a rerun resumes instead of starting over).
 """
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from copd_ifm.cohort.config import CohortConfig, resolve_cohort
-from copd_ifm.context.train import pretrain, resolve_pretrain_config
+from copd_ifm.context.train import pretrain, resolve_pretrain_config, save_untrained
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.evaluation.features import FEATURES_FILE
 
@@ -44,8 +45,11 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, cohort_spec:
     overrides = QUICK if quick else []
     suffix = "-quick" if quick else ""
     runs = []
-    for config in ("baseline", "ifm"):
-        run = _pretrain_once(cohort, config, out / "runs" / f"{cohort.name}-{config}{suffix}", overrides)
+    untrained = out / "runs" / f"{cohort.name}-untrained"  # the baseline's initial weights: was anything learned?
+    if not Checkpointer(untrained).exists():
+        save_untrained(cohort, resolve_pretrain_config("baseline", cohort), untrained)
+    for run in [untrained] + [_pretrain_once(cohort, config, out / "runs" / f"{cohort.name}-{config}{suffix}",
+                                             overrides) for config in ("baseline", "ifm")]:
         if not (run / FEATURES_FILE).is_file():
             extract_features(run)
         runs.append(str(run))

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.runtime import autocast
+from copd_ifm.contrastive.runtime import autocast, loader_workers
 from copd_ifm.errors import UserError
 from natural_images.datasets import as_label_matrix
 
@@ -42,7 +42,7 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int, work
         raise UserError(f"{desc}: the dataset is empty; check the dataset folder")
     indexed = _Indexed(dataset)
     sampler = DistributedSampler(indexed, shuffle=False) if D.is_distributed() else None
-    loader = DataLoader(indexed, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    loader = DataLoader(indexed, batch_size=batch_size, sampler=sampler, num_workers=loader_workers(workers),
                         pin_memory=device.type == "cuda")
     was_training = encoder.training
     encoder.eval()

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
+from copd_ifm.contrastive.runtime import loader_workers
 from copd_ifm.errors import UserError
 from natural_images.augment import eval_transform
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes, label_names
@@ -157,7 +158,7 @@ def _attack(encoder: nn.Module, probe: nn.Module, dataset: Any, targets: Tensor,
             device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`fgsm_to_target` over ``dataset`` in order; returns ``f(x_adv)`` ``[N, F]``, flipped ``[N]``, steps ``[N]``."""
     feats, flipped, steps = [], [], []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(workers))
     start = 0
     for images, _ in tqdm(loader, desc="FGSM", leave=False, disable=not D.is_main()):
         images = images.to(device)

@@ -32,7 +32,7 @@ from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.checkpoint import prepare_run_dir
 from copd_ifm.contrastive.loop import Phase, StepOutput, fit
 from copd_ifm.contrastive.optim import build_optimizer, build_scheduler
-from copd_ifm.contrastive.runtime import seed_everything, setup_backends
+from copd_ifm.contrastive.runtime import loader_workers, seed_everything, setup_backends
 from copd_ifm.errors import UserError
 from natural_images.augment import TwoViews, eval_transform, train_transform
 from natural_images.config import VisionConfig
@@ -110,8 +110,9 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
         sampler.set_epoch(epoch)
         epoch_seed = (config.seed * 1_000_003 + epoch) * 1009 + info.rank + salt
         device_gen.manual_seed(epoch_seed)
-        return DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
-                          pin_memory=cuda, drop_last=True, generator=torch.Generator().manual_seed(epoch_seed))
+        return DataLoader(train_set, batch_size=per_rank, sampler=sampler,
+                          num_workers=loader_workers(config.data.workers), pin_memory=cuda, drop_last=True,
+                          generator=torch.Generator().manual_seed(epoch_seed))
 
     def plan(epoch: int, _: int) -> tuple[DataLoader, int]:
         return loader(epoch), steps_per_epoch

@@ -66,6 +66,16 @@ def test_resume_reproduces_uninterrupted_run(tiny_cohort, tmp_path, monkeypatch)
         assert resumed[1][key] == full[1][key], key
 
 
+def test_resume_of_a_finished_run_says_already_finished(tiny_cohort, tmp_path, capsys):
+    cfg = _cfg(tiny_cohort, extra=["schedule.epochs=1"])
+    first = _history(pretrain(tiny_cohort, cfg, tmp_path / "run"))
+    capsys.readouterr()
+    again = _history(pretrain(tiny_cohort, cfg, tmp_path / "run", resume=True))
+    out = capsys.readouterr().out
+    assert "already finished (1/1 epochs); nothing to train" in out and "resuming" not in out
+    assert again == first
+
+
 def test_ifm_at_epsilon_zero_equals_baseline(tiny_cohort, tmp_path):
     base = _history(pretrain(tiny_cohort, _cfg(tiny_cohort, "baseline", ["schedule.epochs=1"]), tmp_path / "b"))
     ifm0 = _history(pretrain(tiny_cohort, _cfg(tiny_cohort, "ifm", ["schedule.epochs=1", "loss.epsilon=0"]),

@@ -62,8 +62,9 @@ def test_cli_evaluate_writes_every_output(cohort_dir, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == 3 * 5 * 3  # methods × outcomes × folds
-    assert set(results["method"]) == {"densitometry", "toy/graph", "toy/patch"}
+    assert len(results[results["method"] != "chance"]) == 3 * 5 * 3  # methods × outcomes × folds
+    assert len(results[results["method"] == "chance"]) == 5 * 3    # the no-feature baseline on the same folds
+    assert set(results["method"]) == {"densitometry", "toy/graph", "toy/patch", "chance"}
     assert (results["status"] != "failed").all()
 
     report = (out / "report.md").read_text(encoding="utf-8")
@@ -80,7 +81,7 @@ def test_cli_evaluate_writes_every_output(cohort_dir, capsys):
     fev = results[(results["method"] == "densitometry") & (results["outcome"] == "logFEV1pp")]["r2"]
     assert summary.loc[("densitometry", "logFEV1pp", "r2"), "mean"] == pytest.approx(fev.mean())
     assert summary.loc[("densitometry", "logFEV1pp", "r2"), "sd"] == pytest.approx(fev.std(ddof=1))
-    best = summary.xs(("logFEV1pp", "r2"), level=("outcome", "metric"))["mean"].idxmax()
+    best = summary.xs(("logFEV1pp", "r2"), level=("outcome", "metric"))["mean"].drop("chance").idxmax()
     row = next(line for line in report.splitlines() if line.startswith(f"| {best} |"))
     assert row.split("|")[2].strip().startswith("**")  # best of the column in bold
 
@@ -89,7 +90,7 @@ def test_evaluate_on_real_cohort_has_no_synthetic_banner(cohort_dir):
     cohort = resolve_cohort(str(cohort_dir / "manifest.csv"))
     densitometry = evaluate_module.load_densitometry(cohort)
     results = evaluate(cohort, [], ["logFEV1FVC"], folds=3, out=cohort_dir / "r", densitometry=densitometry)
-    assert list(results["method"].unique()) == ["densitometry"]
+    assert list(results["method"].unique()) == ["densitometry", "chance"]
     assert "Synthetic" not in (cohort_dir / "r" / "report.md").read_text(encoding="utf-8")
 
 
@@ -125,3 +126,55 @@ def test_summary_and_table_mark_best_failed_and_unconverged():
     assert shown.loc["a", "CLE acc. %"] == "**60.0 ± 10.0** †"
     assert shown.loc["b", "CLE acc. %"] == "45.0 ± 5.0"
     assert shown.loc["c", "CLE acc. %"] == "failed in 1/3 folds"
+
+
+def test_chance_rows_match_a_hand_computation():
+    from copd_ifm.evaluation.cv import chance_folds
+    from copd_ifm.evaluation.outcomes import OUTCOMES
+
+    sids = [f"S{i}" for i in range(6)]
+    folds = pd.Series([0, 0, 0, 1, 1, 1], index=sids)
+    levels = pd.Series([0, 0, 2, 1, 1, 3], index=sids, dtype=float)
+    rows = chance_folds(levels, folds, OUTCOMES["CLE"]).set_index("fold")
+    # fold 0 trains on 1, 1, 3 → guesses 1: accuracy 0/3, 1-off 3/3; fold 1 trains on 0, 0, 2 → guesses 0: 0/3, 2/3
+    assert list(rows["accuracy"]) == [0.0, 0.0] and list(rows["one_off"]) == pytest.approx([1.0, 2 / 3])
+    values = pd.Series([1.0, 2.0, 3.0, 5.0, 7.0, 9.0], index=sids)
+    rows = chance_folds(values, folds, OUTCOMES["logFEV1pp"]).set_index("fold")
+    # fold 0 predicted by 7: 1 − (36 + 25 + 16)/2; fold 1 by 2: 1 − (9 + 25 + 49)/8
+    assert list(rows["r2"]) == pytest.approx([1 - 77 / 2, 1 - 83 / 8])
+
+
+def test_no_cell_is_bold_unless_it_beats_chance_and_noise_is_stated():
+    from copd_ifm.evaluation.outcomes import OUTCOMES
+    from copd_ifm.evaluation.report import noise_lines, table
+
+    rows = []
+    for method, acc, r2 in (("a", 0.55, 0.10), ("b", 0.60, 0.12), ("chance", 0.625, -0.05)):
+        rows += [{"method": method, "outcome": "Paraseptal", "metric": "accuracy", "mean": acc, "sd": 0.1},
+                 {"method": method, "outcome": "Paraseptal", "metric": "one_off", "mean": 0.9, "sd": 0.05},
+                 {"method": method, "outcome": "logFEV1pp", "metric": "r2", "mean": r2, "sd": 0.2}]
+    summary = pd.DataFrame(rows).assign(folds=5, failed=0, not_converged=0)
+    outcomes = [OUTCOMES["logFEV1pp"], OUTCOMES["Paraseptal"]]
+    shown = table(summary, outcomes, ["a", "b", "chance"])
+    assert shown.loc["b", "logFEV1pp R²"] == "**0.120 ± 0.200**"      # beats chance (−0.05): bold
+    assert "**" not in "".join(shown["Paraseptal acc. %"])            # 60 % < 62.5 % of the majority guess
+    assert "**" not in "".join(shown["Paraseptal 1-off %"])           # a tie with chance is no win
+    lines = noise_lines(summary, outcomes, ["a", "b", "chance"])
+    assert lines[0] == ("logFEV1pp R²: the 2 run feature sets span 0.020 against a fold sd of 0.200 (median over "
+                        "them): within noise.")
+    assert lines[1].startswith("Paraseptal acc. %: the 2 run feature sets span 5.0 against a fold sd of 10.0")
+    assert lines[1].endswith("No method beats chance (62.5), so none is in bold.")
+
+
+def test_confusion_panels_share_one_colour_scale(tmp_path, monkeypatch):
+    from copd_ifm.evaluation import plots
+    from copd_ifm.evaluation.outcomes import OUTCOMES
+
+    captured = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig) and path)
+    observed = [0, 0, 0, 0, 1, 2]
+    frame = pd.concat([pd.DataFrame({"method": m, "outcome": "Paraseptal", "observed": observed, "predicted": pred})
+                       for m, pred in (("a", [0, 0, 0, 0, 0, 0]), ("b", [0, 1, 2, 1, 1, 2]))])
+    plots.plot_confusion(frame, OUTCOMES["Paraseptal"], ["a", "b"], tmp_path / "c.png")
+    images = [ax.images[0] for ax in captured["fig"].axes if ax.images]
+    assert [im.get_clim() for im in images] == [(0, 4), (0, 4)]     # a's largest cell (4) sets both scales

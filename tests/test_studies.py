@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -331,3 +332,64 @@ def test_one_seed_reports_no_spread_and_a_loss_at_chance_is_a_smoke_test(tmp_pat
     assert "IFM better in 0, worse in 0, no detectable difference in 0, untestable in 6" in text
     assert "No untrained-encoder control (study.control: false)" in text
     assert pd.read_csv(tmp_path / "ifm_table.csv")["acc_color_sd"].isna().all()
+
+
+@pytest.mark.parametrize("name", ["ifm-small", "difficulty-small"])
+def test_report_only_on_a_committed_study_without_runs_regenerates_it_unchanged(name, tmp_path, monkeypatch):
+    """The committed study folders hold results.csv but no run folders: re-reporting keeps every run."""
+    from pathlib import Path
+
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / name
+    out = tmp_path / name
+    shutil.copytree(committed, out)
+    study = name.removesuffix("-small")
+    assert main(["vision", "study", study, "--scale", "small", "--out", str(out), "--report-only"]) == 0
+    for path in sorted(committed.iterdir()):
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert "18 of 18 runs finished" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_report_only_with_fewer_planned_runs_than_reported_is_refused(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "ifm-small"
+    out = tmp_path / "ifm-small"
+    shutil.copytree(committed, out)
+    argv = ["vision", "study", "ifm", "--scale", "small", "--out", str(out), "--report-only", "--seeds", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "eps0.1_tau0.05_seed2" in err and "--seeds" in err
+    for path in committed.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_vision_demo_runs_offline_at_tiny_scale(tmp_path, monkeypatch, one_thread, capsys):
+    """`vision demo`: Trifeature generated here, baseline and IFM pretrained, the untrained control read out."""
+    monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    tiny = ["trifeature.size=16", "run.batch_size=32", "run.linear.epochs=3", "run.data.workers=0",
+            "loss_batches=1", "run.simclr.dim=16", "run.simclr.hidden=32", "run.knn.k=5"]
+    argv = ["vision", "demo", "--out", str(out), "--epochs", "1", "--workers", "1"]
+    for item in tiny:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    assert (tmp_path / "home" / "vision" / "small" / "trifeature" / "dataset.json").is_file()   # made offline
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["run_id"]) == ["eps0_tau0.5_seed0", "eps0.1_tau0.5_seed0"]
+    assert list(table["ifm_eps"]) == [0.0, 0.1] and (table["epochs"] == 1).all()
+    controls = pd.read_csv(out / "controls.csv")
+    assert list(controls["run_id"]) == ["untrained_seed0"] and (controls["epochs"] == 0).all()
+    for feature in ("color", "shape", "texture"):
+        assert table[f"acc_{feature}"].between(0, 100).all() and (table[f"chance_{feature}"] == 10).all()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "2 of 2 runs finished" in summary and "1 untrained-encoder control" in summary
+    assert summary in capsys.readouterr().out
+    result = out / "runs" / "eps0.1_tau0.5_seed0" / "result.json"
+    mtime = result.stat().st_mtime_ns
+    assert main(argv) == 0 and result.stat().st_mtime_ns == mtime          # a rerun reuses the finished runs
+    from natural_images.run import load_model
+
+    model, config = load_model(out / "runs" / "eps0.1_tau0.5_seed0", "cpu")   # kept for vision linear/robust/...
+    assert config.loss.epsilon == 0.1 and config.model.width == 0.25

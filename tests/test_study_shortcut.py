@@ -212,3 +212,30 @@ def test_comparisons_count_only_what_the_seeds_support() -> None:
     assert math.isnan(table.loc[0.5, "p"]) and table.loc[0.5, "verdict"] == "no detectable difference"
     one_seed = report.comparisons(pd.DataFrame(_rows("baseline", base[:1]) + _rows("ifm", ifm[:1], 0.1)))
     assert one_seed["verdict"].tolist() == ["not tested (1 seed)"]
+
+
+def test_report_only_never_drops_reported_runs(finished: Path, tmp_path: Path, capsys) -> None:
+    """A study folder without some run folders is refused in one line, before anything is rebuilt or written."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    run_study(_study(), copy, device="cpu", report_only=True)        # every run folder here: rewritten alike
+    pd.testing.assert_frame_equal(_numbers(copy), _numbers(finished))
+    shutil.rmtree(copy / "runs" / "untrained_seed1")
+    argv = ["study", "shortcut", "--scale", "tiny", "--out", str(copy), "--report-only"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "untrained_seed1" in err and "restore" in err
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_report_only_on_the_committed_study_without_runs_is_refused(tmp_path: Path, capsys) -> None:
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "ct-shortcut-small"
+    copy = tmp_path / "ct-shortcut-small"
+    shutil.copytree(committed, copy)
+    assert main(["study", "shortcut", "--scale", "small", "--out", str(copy), "--report-only"]) == 2
+    assert "12 finished runs" in capsys.readouterr().err
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in committed.iterdir())
+    for path in committed.iterdir():
+        assert (copy / path.name).read_bytes() == path.read_bytes(), path.name

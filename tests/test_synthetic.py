@@ -242,7 +242,7 @@ def test_ensure_cohort(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
     assert ensure_cohort(demo) == tmp_path / "demo" / "manifest.csv"
     assert (tmp_path / "demo" / "manifest.csv").stat().st_mtime_ns == stamp
     real = CohortConfig(name="copdgene", manifest=str(tmp_path / "missing" / "manifest.csv"))
-    with pytest.raises(UserError, match="--set manifest="):
+    with pytest.raises(UserError, match="--set cohort.manifest="):
         ensure_cohort(real)
 
 

@@ -145,3 +145,15 @@ def test_summary_floats_are_rounded_and_the_curves_title_names_k(tmp_path, monke
     table = pd.DataFrame({"epoch": [1, 2], "loss": [5.0, 4.0], "knn_top1_class": [20.0, 30.0]})
     plots.plot_pretrain(table, tmp_path / "curves.png", k=50)
     assert "kNN monitor (k = 50)" in titles
+
+
+def test_loader_workers_are_capped_at_the_usable_cores(monkeypatch):
+    """folder configs ask for 8 loader processes; on 2 cores the loader starts 2 (the config keeps 8)."""
+    import os
+
+    from copd_ifm.contrastive.runtime import loader_workers
+    from natural_images.config import config_path, load_vision_config
+
+    assert load_vision_config(str(config_path("folder_simclr"))).data.workers == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [loader_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 2, 2]

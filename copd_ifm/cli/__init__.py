@@ -16,7 +16,7 @@ from copd_ifm.cli.args import Parser, common, fmt
 from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
 from copd_ifm.cli.export import add_export_parser
 from copd_ifm.cli.vision import add_vision_parsers
-from copd_ifm.errors import UserError
+from copd_ifm.errors import ManifestNotFound, UserError
 
 STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study", "export")
 
@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reworded(exc: UserError, args: argparse.Namespace) -> str:
+    """The error line; a missing manifest the user named with ``--set`` gets a fix that does not repeat it."""
+    given = [item for item in getattr(args, "overrides", None) or []
+             if item.split("=", 1)[0].strip() in ("manifest", "cohort.manifest")]
+    if isinstance(exc, ManifestNotFound) and given:
+        return exc.message(f"from --set {given[-1]}: fix that path, or give --cohort /path/to/manifest.csv")
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -55,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"copd-ifm {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"copd-ifm {args.stage}: error: {_reworded(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"copd-ifm {args.stage}: interrupted", file=sys.stderr)

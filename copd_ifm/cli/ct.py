@@ -64,14 +64,20 @@ _PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "ifm_on
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from copd_ifm import config as cfg_io
-    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.cohort.config import CohortConfig, resolve_cohort
     from copd_ifm.context.config import PretrainConfig
-    from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config
+    from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config, save_untrained
 
     cohort_sets, sets = cfg_io.split_prefix(overrides(args, _PRETRAIN_FLAGS), "cohort")
+    cohort_fields = {f.name for f in dataclasses.fields(CohortConfig)} - {f.name for f in dataclasses.fields(PretrainConfig)}
+    misplaced = [key for key in sets if key.split(".", 1)[0] in cohort_fields]
+    if misplaced:
+        raise UserError(f"--set {misplaced[0]}=…: {misplaced[0].split('.', 1)[0]} is a cohort field; pretrain "
+                        f"takes cohort fields with the prefix cohort. (--set cohort.{misplaced[0]}=…)")
     if args.resume or args.extend:
         if not args.out:
             raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out")
@@ -84,6 +90,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         cohort = resolve_cohort(args.cohort, cohort_sets)
         cfg = resolve_pretrain_config(args.config, cohort, sets)
         _ensure_store(cohort)
+    if args.untrained:
+        if args.resume or args.extend:
+            raise UserError("--untrained writes the initial weights and trains nothing: drop --resume / --extend")
+        run = save_untrained(cohort, cfg, args.out or f"runs/{cohort.name}-untrained")
+        print(f"untrained run folder: {run} (the initial weights of seed {cfg.seed}; extract and evaluate it "
+              f"beside the trained runs)")
+        return 0
     out = args.out or f"runs/{cohort.name}-{cfg.name}"
     run = pretrain(cohort, cfg, out, resume=args.resume or args.extend, extend=args.extend)
     print(f"run folder: {run}")
@@ -251,6 +264,9 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last checkpoint with its saved config (differing flags are refused)")
     add_extend(p)
+    p.add_argument("--untrained", action="store_true",
+                   help="train nothing: write the model's initial weights (same seed) as a run folder, the "
+                        "untrained-encoder control for extract and evaluate")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="compute device; unset: config")
     add_set(p, cohort_prefix=True)
     common(p)

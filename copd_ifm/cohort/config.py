@@ -2,7 +2,9 @@
 
 A cohort is named by a YAML file in ``configs/cohorts/`` (``demo``,
 ``copdgene``), by any YAML path, or by a manifest CSV path (then the defaults
-below apply, with the spacing of ``copdgene``). Relative paths inside a cohort
+below apply, with the spacing of ``copdgene``; a manifest written by
+``copd-ifm synth`` takes the demo's settings at its own spacing, see
+:func:`synthetic_defaults`). Relative paths inside a cohort
 YAML are resolved against the YAML's folder; ``{data_home}`` expands to
 :func:`copd_ifm.config.data_home`.
 """
@@ -173,13 +175,46 @@ def _expand(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+#: The registered cohort whose settings a cohort written by ``copd-ifm synth`` takes (at its own spacing).
+SYNTHETIC_TEMPLATE = "demo"
+
+
+def synthetic_defaults(manifest: Path) -> dict[str, Any]:
+    """Cohort fields for a manifest CSV written by ``copd-ifm synth`` (``synth.json`` beside it), else ``{}``.
+
+    Such a cohort gets the demo's settings (outcome columns, landmark grid, the demo's short pretraining) at the
+    spacing it was generated with, and patches of the demo's side in mm; a real manifest keeps the defaults
+    (COPDGene's 1 mm, 32³).
+    """
+    import json
+
+    from copd_ifm.cohort.synthetic import PARAMS_FILE
+
+    params_path = manifest.parent / PARAMS_FILE
+    if not params_path.is_file():
+        return {}
+    try:
+        params = json.loads(params_path.read_text(encoding="utf-8"))
+        spacing = float(params["spacing_mm"])
+        synthetic = {"n": int(params["n"]), "seed": int(params["seed"]), "nuisance": float(params.get("nuisance", 1.0))}
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{params_path}: not a synth.json written by `copd-ifm synth` (needs n, seed, spacing_mm); "
+                        f"regenerate the cohort or remove the file to use the default settings") from None
+    template = cfg.read_yaml(cfg.CONFIG_DIR / "cohorts" / f"{SYNTHETIC_TEMPLATE}.yaml")
+    cube_mm = float(template["patch_size"]) * float(template["spacing_mm"])
+    data = {k: v for k, v in template.items() if k not in ("name", "manifest", "store", "synthetic")}
+    # ``synthetic`` marks the reports as synthetic; the cohort then resumes or is reused, never regenerated otherwise
+    data.update(spacing_mm=spacing, patch_size=max(4, round(cube_mm / spacing)), synthetic=synthetic)
+    return data
+
+
 def resolve_cohort(spec: str, overrides: list[str] | None = None) -> CohortConfig:
     """``spec`` is a registered name, a cohort YAML or a manifest CSV → :class:`CohortConfig`."""
     path = Path(spec)
     if spec.endswith(".csv"):
         if not path.is_file():
             raise UserError(f"manifest not found: {spec} (give an existing CSV with columns sid,image)")
-        data = {"name": path.resolve().parent.name, "manifest": str(path.resolve())}
+        data = {**synthetic_defaults(path), "name": path.resolve().parent.name, "manifest": str(path.resolve())}
         base = Path.cwd()
         source = spec
     else:

@@ -35,7 +35,7 @@ from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.cohort.preview import write_preview
 from copd_ifm.cohort.synthetic_subject import LATENT_COLUMNS, PARTIAL_DIR, init_worker, make_subject, subject_id
 from copd_ifm.files import atomic_write_text, file_lock
-from copd_ifm.errors import UserError
+from copd_ifm.errors import ManifestNotFound, UserError
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,7 @@ def ensure_cohort(cohort: CohortConfig) -> Path:
     manifest = cohort.manifest_path
     if cohort.synthetic is None:
         if not manifest.is_file():
-            raise UserError(f"cohort {cohort.name!r}: manifest not found: {manifest} (point at yours with "
-                            f"--set manifest=/path/to/manifest.csv, or use --cohort demo)")
+            raise ManifestNotFound(cohort.name, manifest)
         return manifest
     if manifest.is_file() and not (manifest.parent / PARAMS_FILE).is_file():
         return manifest

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from copd_ifm.contrastive.runtime import loader_workers
+
 if TYPE_CHECKING:
     from copd_ifm.ct.store import PatchStore
 
@@ -145,6 +147,7 @@ def loader(dataset: Dataset, workers: int, batch_size: int | None = None,
            sampler: Sampler | None = None) -> DataLoader:
     """In-order loader with background workers (prefetch) and pinned memory on CUDA; with a ``sampler``
     (a loader reused across passes) the workers persist."""
+    workers = loader_workers(workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=sampler is not None and workers > 0,
                       prefetch_factor=4 if workers > 0 else None)

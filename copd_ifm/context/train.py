@@ -122,6 +122,17 @@ def pretrain(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path, res
     return run_dir
 
 
+def save_untrained(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path) -> Path:
+    """A run folder holding the model of ``cfg`` before any training step (the seed's initial weights, those
+    :func:`pretrain` starts from): the untrained-encoder control, extracted and evaluated like any run."""
+    run_dir = Path(run_dir)
+    model = build_model(cfg, open_store(cohort))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, cohort, cfg)
+    Checkpointer(run_dir).save({"epoch": 0, "step": 0, "model": model.state_dict(), "config": cfg_io.to_dict(cfg)})
+    return run_dir
+
+
 def _write_summary(run_dir: Path, cfg: PretrainConfig, history: list[dict[str, Any]], info: D.DistInfo) -> None:
     summary = {"run": run_dir.name, "epochs": cfg.schedule.epochs, "epochs_done": history[-1]["epoch"],
                "ifm_epsilon": cfg.loss.epsilon, "config_hash": cfg_io.config_hash(cfg), "history": history,

@@ -80,8 +80,10 @@ def fit(model: nn.Module, phases: list[Phase], loss_fn: Callable[[Tensor, Tensor
     start, step, history = 0, 0, []
     if resume:
         start, step, history = _restore(ckpt, model, phases, scaler, device)
-        D.print0(f"resuming {run_dir} after epoch {start}/{epochs}")
+        D.print0(f"{run_dir}: already finished ({start}/{epochs} epochs); nothing to train (--extend with more "
+                 f"--epochs trains further)" if start >= epochs else f"resuming {run_dir} after epoch {start}/{epochs}")
     logger = MetricsLogger(run_dir, start_step=step)
+    name = Path(run_dir).name  # names the model on its progress bars (e.g. demo-baseline, demo-ifm)
     done: list[dict[str, Any]] = []
     try:
         for epoch in range(start, epochs):
@@ -89,7 +91,7 @@ def fit(model: nn.Module, phases: list[Phase], loss_fn: Callable[[Tensor, Tensor
             for phase in phases:
                 for repeat in range(phase.repeats):
                     step, summary = _run_phase(phase, model, loss_fn, scaler, logger, device, amp, epoch, repeat,
-                                               step, f"epoch {epoch + 1}/{epochs} {phase.name or 'train'}"
+                                               step, f"{name} epoch {epoch + 1}/{epochs} {phase.name or 'train'}"
                                                      + (f" {repeat + 1}/{phase.repeats}" if phase.repeats > 1 else ""))
                     record.update(summary)
             record["step"] = step

@@ -217,3 +217,34 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
             if progress is not None:
                 progress()
     return CVResult(pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.concat(preds, ignore_index=True))
+
+
+#: Method names of the two reference rows of every evaluation: no features (:func:`chance_folds`) and the
+#: densitometry the clinic already measures; the others are the runs' feature sets.
+CHANCE = "chance"
+DENSITOMETRY = "densitometry"
+
+
+def chance_folds(y: pd.Series, folds: pd.Series, outcome: Outcome) -> pd.DataFrame:
+    """The no-feature baseline on the shared ``folds``: each test fold predicted by its training part's mean
+    (continuous: R², about 0 or below) or its majority level (ordinal, the lowest on a tie: accuracy and 1-off).
+
+    Rows of :data:`RESULT_COLUMNS` with method :data:`CHANCE`; a method beats chance only above these.
+    """
+    target = y.loc[folds.index].to_numpy(dtype=np.float64)
+    fold_of = folds.to_numpy()
+    rows = []
+    for k in range(int(fold_of.max()) + 1):
+        test = fold_of == k
+        row = {"method": CHANCE, "outcome": outcome.name, "kind": outcome.kind, "fold": k,
+               "n_train": int((~test).sum()), "n_test": int(test.sum()), "n_features": 0, "n_dims": 0,
+               "r2": np.nan, "accuracy": np.nan, "one_off": np.nan, "status": "ok", "note": ""}
+        if outcome.ordinal:
+            levels, counts = np.unique(target[~test], return_counts=True)
+            guess = levels[counts.argmax()]
+            row.update(accuracy=float(np.mean(target[test] == guess)),
+                       one_off=float(np.mean(np.abs(target[test] - guess) <= 1)))
+        else:
+            row["r2"] = r2_score(target[test], np.full(int(test.sum()), target[~test].mean()))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation import plots
-from copd_ifm.evaluation.cv import SAMPLES_PER_DIM, assign_folds, cross_validate
+from copd_ifm.evaluation.cv import CHANCE, DENSITOMETRY, SAMPLES_PER_DIM, assign_folds, chance_folds, cross_validate
 from copd_ifm.evaluation.features import read_feature_sets
 from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, range_warnings, read_manifest
 from copd_ifm.evaluation.report import Evaluation, summarize, write_report
@@ -24,7 +24,8 @@ from copd_ifm.evaluation.report import Evaluation, summarize, write_report
 log = logging.getLogger(__name__)
 
 #: Method name of the classical baseline and its columns (%, HU, litres).
-DENSITOMETRY = "densitometry"
+CHANCE_TEXT = ("no features: each test fold predicted by its training part's mean (continuous; R² about 0 or "
+               "below) or most common level (ordinal); a method has learned something only above this row")
 DENSITOMETRY_COLUMNS = ("laa950_pct", "perc15_hu", "lung_volume_l")
 
 
@@ -75,7 +76,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         raise UserError(f"--samples-per-dim must be at least 1, got {samples_per_dim}")
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
-    manifest = read_manifest(cohort.manifest_path)
+    manifest = read_manifest(cohort.manifest_path, cohort.name)
     warnings = range_warnings(chosen, manifest, cohort.outcomes, str(cohort.manifest_path))
     if densitometry is None:
         base = densitometry_features(load_densitometry(cohort), str(cohort.store_path))
@@ -136,13 +137,14 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
     with tqdm(total=len(plans) * len(methods) * folds, desc="evaluate", unit="fit") as bar:
         for outcome, y, fold_of in plans:
             cv = cross_validate(methods, y, fold_of, outcome, samples_per_dim, progress=lambda: bar.update())
-            results.append(cv.results)
+            results += [cv.results, chance_folds(y, fold_of, outcome)]
             predictions.append(cv.predictions)
     ev = Evaluation(
         cohort=cohort.name,
         synthetic=(f"generated, n={cohort.synthetic.n}, seed {cohort.synthetic.seed}"
                    if cohort.synthetic is not None else None),
-        folds=folds, seed=seed, samples_per_dim=samples_per_dim, outcomes=chosen, methods=descriptions,
+        folds=folds, seed=seed, samples_per_dim=samples_per_dim, outcomes=chosen,
+        methods={**descriptions, CHANCE: CHANCE_TEXT},
         counts=pd.DataFrame(counts), results=pd.concat(results, ignore_index=True),
         predictions=pd.concat(predictions, ignore_index=True), warnings=warnings)
 
@@ -150,7 +152,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(ev.results)
     names = list(methods)
-    figures = [plots.plot_metrics(summary, chosen, names, out / "metrics.png")]
+    figures = [plots.plot_metrics(summary, chosen, names, out / "metrics.png")]  # chance: a line on each panel
     for outcome in chosen:
         if outcome.ordinal:
             figures.append(plots.plot_confusion(ev.predictions, outcome, names, out / f"confusion_{outcome.name}.png"))

@@ -56,9 +56,10 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
     if store.patch_size != run_cohort.patch_size or store.n_landmarks != model.n_landmarks:
         raise UserError(f"{cohort.store_path}: store has {store.n_landmarks} landmarks of {store.patch_size}³ but "
                         f"run {run_dir} was trained on {model.n_landmarks} of {run_cohort.patch_size}³; "
-                        f"preprocess the cohort with the run's patch settings "
-                        f"(--set patch_size={run_cohort.patch_size} spacing_mm={run_cohort.spacing_mm})")
-    table = embed_store(model.subject_encoder(), store, cfg.graph == "subject", cohort, workers, nodes_out)
+                        f"preprocess the cohort with the run's patch settings (copd-ifm preprocess --set "
+                        f"patch_size={run_cohort.patch_size} --set spacing_mm={run_cohort.spacing_mm:g})")
+    table = embed_store(model.subject_encoder(), store, cfg.graph == "subject", cohort, workers, nodes_out,
+                        desc=f"extract {run_dir.name}")
     out = Path(out) if out else run_dir / FEATURES_FILE
     meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
             "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}
@@ -66,7 +67,7 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
 
 
 def embed_store(encoder: SubjectEncoder, store: PatchStore, subject_graph: bool, cohort: CohortConfig,
-                workers: int = 2, nodes_out: str | Path | None = None) -> pd.DataFrame:
+                workers: int = 2, nodes_out: str | Path | None = None, desc: str = "extract") -> pd.DataFrame:
     """The features table ``[n_subjects, 1 + 2F]`` (``sid``, ``graph_f*``, ``patch_f*``) of every subject of
     ``store`` through ``encoder`` (eval mode, on its device); ``subject_graph``: each subject's own graph."""
     dev = encoder.landmark_coords.device
@@ -77,8 +78,9 @@ def embed_store(encoder: SubjectEncoder, store: PatchStore, subject_graph: bool,
     rows, node_rows = [], []
     encoder.eval()
     with torch.no_grad():
-        for sid, patches in zip(store.sids, tqdm(loader(SubjectDataset(store), workers, batch_size=1),
-                                                 total=len(store.sids), desc="extract", unit="subject")):
+        # the bar leads the zip so that it sees its iterator end and closes at n/n
+        for patches, sid in zip(tqdm(loader(SubjectDataset(store), workers, batch_size=1), total=len(store.sids),
+                                     desc=desc, unit="subject"), store.sids):
             edges = store.subject_graph(sid).to(dev) if subject_graph else encoder.edge_index
             nodes, feats = encoder(patches[0].to(dev), edges)                   # [L, F] each
             rows.append(np.concatenate([nodes.mean(0).cpu().numpy(), feats.mean(0).cpu().numpy()]))

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from copd_ifm.cohort.config import read_manifest_csv
-from copd_ifm.errors import UserError
+from copd_ifm.errors import ManifestNotFound, UserError
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,11 @@ def parse_outcomes(names: list[str] | str) -> list[Outcome]:
     return [OUTCOMES[n] for n in dict.fromkeys(items)]
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
+def read_manifest(path: Path, cohort: str = "cohort") -> pd.DataFrame:
     """Manifest CSV → frame indexed by ``sid`` (as text); missing file or ``sid`` column is a UserError."""
     if not path.is_file():
-        raise UserError(f"manifest not found: {path} (check the cohort's manifest path, or run "
-                        f"`copd-ifm preprocess` for a synthetic cohort to generate it)")
+        raise ManifestNotFound(cohort, path, ManifestNotFound.FIX + "; a synthetic cohort's is written by "
+                               "`copd-ifm preprocess --cohort NAME`")
     frame = read_manifest_csv(path, dtype={"sid": str})
     if "sid" not in frame.columns:
         raise UserError(f"{path}: no 'sid' column (add one with a unique id per subject)")

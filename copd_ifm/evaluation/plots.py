@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix  # noqa: E402
 
+from copd_ifm.evaluation.cv import CHANCE  # noqa: E402
 from copd_ifm.evaluation.outcomes import Outcome  # noqa: E402
 from copd_ifm.evaluation.report import METRICS  # noqa: E402
 from copd_ifm.files import save_figure
@@ -59,14 +60,16 @@ def plot_pred_vs_obs(predictions: pd.DataFrame, summary: pd.DataFrame, outcome: 
 
 
 def plot_confusion(predictions: pd.DataFrame, outcome: Outcome, methods: list[str], path: Path) -> Path:
-    """Confusion matrix (rows = true level, columns = predicted level, counts) per method."""
+    """Confusion matrix (rows = true level, columns = predicted level, counts) per method, on one colour scale."""
     fig, axes = _grid(len(methods), size=3.8)
     data = predictions[(predictions["outcome"] == outcome.name) & predictions["predicted"].notna()]
     codes = list(range(len(outcome.levels)))
-    for ax, method in zip(axes, methods):
-        part = data[data["method"] == method]
-        matrix = confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
-        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(ax=ax, colorbar=False)
+    matrices = [confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
+                for part in (data[data["method"] == method] for method in methods)]
+    top = max([int(m.max()) for m in matrices] + [1])  # a shared scale: the same colour is the same count everywhere
+    for ax, method, matrix in zip(axes, methods, matrices):
+        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(
+            ax=ax, colorbar=False, im_kw={"vmin": 0, "vmax": top})
         ax.set_title(method, fontsize=9)
     fig.suptitle(f"{outcome.name}: " + ", ".join(f"{i}={lab}" for i, lab in enumerate(outcome.levels)),
                  fontsize=9)
@@ -87,5 +90,9 @@ def plot_metrics(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[s
         ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{outcome.name} {label}", fontsize=9)
         ax.axhline(0, color="black", linewidth=0.6)
+        if (CHANCE, outcome.name, metric) in cells.index:
+            ax.axhline(cells.loc[(CHANCE, outcome.name, metric), "mean"] * scale, color="grey", linestyle="--",
+                       linewidth=1, label="chance (training mean / majority level)")
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)

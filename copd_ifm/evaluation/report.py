@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from copd_ifm.files import atomic_write_text
+from copd_ifm.evaluation.cv import CHANCE, DENSITOMETRY
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome
+from copd_ifm.files import atomic_write_text
 
 #: Metrics per outcome kind: (column in the results table, label, scale for display).
 METRICS: dict[str, list[tuple[str, str, float]]] = {
@@ -89,14 +90,18 @@ def table(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str],
           bold: tuple[str, str] = ("**", "**")) -> pd.DataFrame:
     """Summary → display table (methods × outcome metrics) of ``mean ± sd`` strings.
 
-    ``bold``: (open, close) markup around the best mean of each column.
+    ``bold``: (open, close) markup around the best mean of each column, only where it beats the
+    :data:`~copd_ifm.evaluation.cv.CHANCE` row (when there is one; that row is never bold).
     ``†`` marks cells where the ordinal model did not converge in some fold.
     """
     cells = summary.set_index(["method", "outcome", "metric"])
     out = pd.DataFrame(index=methods, dtype=object)
     for outcome, metric, label, scale in _columns(outcomes):
-        means = pd.Series({m: cells.loc[(m, outcome.name, metric), "mean"] for m in methods})
+        means = pd.Series({m: cells.loc[(m, outcome.name, metric), "mean"] for m in methods if m != CHANCE})
         best = means.max()
+        chance = cells["mean"].get((CHANCE, outcome.name, metric), -np.inf)
+        if not best > chance + 1e-12:
+            best = np.nan  # nothing beats guessing the training mean / majority level: no cell is best
         column = []
         for method in methods:
             cell = cells.loc[(method, outcome.name, metric)]
@@ -105,12 +110,46 @@ def table(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str],
                 continue
             digits = 3 if scale == 1.0 else 1
             text = f"{cell['mean'] * scale:.{digits}f} ± {cell['sd'] * scale:.{digits}f}"
-            if np.isclose(cell["mean"], best, rtol=0, atol=1e-12):
+            if method != CHANCE and np.isclose(cell["mean"], best, rtol=0, atol=1e-12):
                 text = f"{bold[0]}{text}{bold[1]}"
             column.append(text + (" †" if cell["not_converged"] else ""))
         out[label] = column
     out.index.name = "method"
     return out
+
+
+NOISE_LEAD = ("The fold sd is the spread of one method's score over the test folds. Two means closer than it are "
+              "within noise: this cohort cannot tell them apart. A paired test over folds or seeds is what could.")
+
+
+def noise_lines(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str]) -> list[str]:
+    """One plain sentence per table column: how far apart the runs' feature sets are against the fold sd.
+
+    The runs' feature sets are every method but the references (densitometry, chance); with fewer than two,
+    densitometry joins them. Not a test (folds share training subjects, and nothing here is paired): a spread
+    below the typical fold sd is stated as within noise, and a column where nothing beats chance says so.
+    """
+    cells = summary.set_index(["method", "outcome", "metric"])
+    runs = [m for m in methods if m not in (CHANCE, DENSITOMETRY)]
+    compared = runs if len(runs) >= 2 else [m for m in methods if m != CHANCE]
+    what = f"the {len(compared)} run feature sets" if compared == runs else "the methods"
+    lines = []
+    for outcome, metric, label, scale in _columns(outcomes):
+        rows = [cells.loc[(m, outcome.name, metric)] for m in compared]
+        means = np.array([r["mean"] for r in rows], dtype=float) * scale
+        sds = np.array([r["sd"] for r in rows], dtype=float) * scale
+        if len(rows) < 2 or not np.isfinite(means).all():
+            continue
+        digits = 3 if scale == 1.0 else 1
+        spread, sd = means.max() - means.min(), float(np.nanmedian(sds))
+        text = f"{label}: {what} span {spread:.{digits}f} against a fold sd of {sd:.{digits}f} (median over them)"
+        text += ": within noise." if spread < sd else ": more than one fold sd apart (not a paired test)."
+        chance = cells["mean"].get((CHANCE, outcome.name, metric))
+        everything = [cells.loc[(m, outcome.name, metric), "mean"] for m in methods if m != CHANCE]
+        if chance is not None and np.isfinite(chance) and not np.nanmax(everything) > chance + 1e-12:
+            text += f" No method beats chance ({chance * scale:.{digits}f}), so none is in bold."
+        lines.append(text)
+    return lines
 
 
 def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
@@ -176,8 +215,8 @@ def _method_text(ev: Evaluation) -> list[str]:
         "the held-out fold's mean (can be negative).",
         "Ordinal: ordered logit (statsmodels OrderedModel); predicted level = most probable; accuracy and 1-off "
         "accuracy (prediction within one level). A level absent from a training part cannot be predicted there.",
-        "Cells: mean ± sample sd over folds; best mean per column in bold; † = the ordinal fit did not converge in "
-        "some fold (result kept).",
+        "Cells: mean ± sample sd over folds; best mean per column in bold when it beats the chance row; † = the "
+        "ordinal fit did not converge in some fold (result kept).",
     ]
 
 
@@ -203,16 +242,19 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     title = f"COPD outcome read-out: {ev.cohort}"
     banner = (f"Synthetic cohort ({ev.synthetic}): these numbers come from generated images and phenotypes, "
               f"not from patients. They check the pipeline, not the method." if ev.synthetic else None)
-    lead = (f"Linear read-out of {len(ev.methods)} feature sets, {ev.folds}-fold cross-validation, "
-            f"mean ± sd over folds, best per column in bold.")
+    sets = len([m for m in ev.methods if m != CHANCE])
+    lead = (f"Linear read-out of {sets} feature sets beside chance (no features), {ev.folds}-fold "
+            f"cross-validation, mean ± sd over folds, best per column in bold where it beats chance.")
     notes = _notes(ev)
+    noise = noise_lines(summary, ev.outcomes, list(ev.methods))
 
     md = [f"# {title}", ""]
     if banner:
         md += [f"> **{banner}**", ""]
     if ev.warnings:
         md += ["## Warnings", ""] + [f"- {w}" for w in ev.warnings] + [""]
-    md += [lead, "", _markdown(table(summary, ev.outcomes, list(ev.methods))), "", "## Subjects", "",
+    md += [lead, "", _markdown(table(summary, ev.outcomes, list(ev.methods))), "", "## Noise", ""]
+    md += [NOISE_LEAD, ""] + [f"- {n}" for n in noise] + ["", "## Subjects", "",
            _markdown(_counts_table(ev)), "", "## Methods", ""]
     md += [f"- `{m}`: {desc}" for m, desc in ev.methods.items()]
     if notes:
@@ -231,8 +273,8 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
         body += ["<h2>Warnings</h2><ul>"] + [f"<li>{esc(w)}</li>" for w in ev.warnings] + ["</ul>"]
     summary_html = table(summary, ev.outcomes, list(ev.methods), ("<b>", "</b>")).to_html(escape=False,
                                                                                           index_names=False)
-    body += [f"<p>{esc(lead)}</p>", summary_html,
-             "<h2>Subjects</h2>", _counts_table(ev).to_html(index_names=False), "<h2>Methods</h2><ul>"]
+    body += [f"<p>{esc(lead)}</p>", summary_html, f"<h2>Noise</h2><p>{esc(NOISE_LEAD)}</p><ul>"] + [f"<li>{esc(n)}</li>" for n in noise]
+    body += ["</ul>", "<h2>Subjects</h2>", _counts_table(ev).to_html(index_names=False), "<h2>Methods</h2><ul>"]
     body += [f"<li><code>{esc(m)}</code>: {esc(d)}</li>" for m, d in ev.methods.items()] + ["</ul>"]
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]

@@ -8,7 +8,7 @@ from copd_ifm import config as cfg
 from copd_ifm.errors import UserError
 
 STUDIES = ("difficulty", "ifm", "correlation")
-SCALES = ("small", "paper")
+SCALES = ("demo", "small", "paper")
 DATASETS = ("trifeature", "digits-standin", "stl-digits")
 STUDY_CONFIG_DIR = cfg.CONFIG_DIR / "vision" / "studies"
 

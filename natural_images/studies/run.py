@@ -20,7 +20,7 @@ from copd_ifm import files
 from copd_ifm.contrastive import info_nce_from_similarities
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.checkpoint import Checkpointer
-from copd_ifm.contrastive.runtime import seed_everything
+from copd_ifm.contrastive.runtime import loader_workers, seed_everything
 from copd_ifm.errors import UserError
 from natural_images.augment import TwoViews, train_transform
 from natural_images.backbones import resolve_stem
@@ -96,7 +96,7 @@ def final_infonce(run_dir: str | Path, batches: int, device: torch.device | str 
     dataset = build_dataset(run_cfg.data, "pretrain", views)
     torch.manual_seed(run_cfg.seed)
     loader = DataLoader(dataset, batch_size=min(run_cfg.batch_size, len(dataset)), shuffle=True,
-                        drop_last=True, num_workers=run_cfg.data.workers,
+                        drop_last=True, num_workers=loader_workers(run_cfg.data.workers),
                         generator=torch.Generator().manual_seed(run_cfg.seed))
     losses = []
     for (x1, x2), _ in itertools.islice(loader, batches):
@@ -224,10 +224,31 @@ def run_study(study: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 
 
 
 def collect_results(study: StudyConfig, out: Path, controls: bool = False) -> pd.DataFrame:
-    """Rows of every planned run (``controls``: every control) with a ``result.json``, in plan order."""
+    """Rows of every planned run (``controls``: every control) that finished, in plan order.
+
+    A run is finished when its folder holds ``result.json``, or when the folder's ``results.csv``
+    (``controls.csv``) already has its row: a study folder copied or committed without its run folders
+    keeps every result it reports, so re-aggregating it never drops runs.
+    """
     plans = plan_controls(study) if controls else plan_runs(study)
-    rows = [json.loads(p.read_text(encoding="utf-8")) for plan in plans
-            if (p := out / "runs" / plan.run_id / "result.json").is_file()]
+    saved = out / ("controls.csv" if controls else "results.csv")
+    recorded: dict[str, dict] = {}
+    if saved.is_file():
+        frame = pd.read_csv(saved)
+        if "run_id" in frame.columns:
+            recorded = {str(r["run_id"]): r for r in frame.to_dict("records")}
+    unplanned = sorted(recorded.keys() - {plan.run_id for plan in plans})
+    if unplanned:
+        raise UserError(f"{saved} holds {len(unplanned)} run(s) this study does not plan (e.g. {unplanned[0]}): it "
+                        f"was made with other settings (see {out / 'study.yaml'}); pass those (--scale, --config, "
+                        f"--seeds) or give another --out, so that its summary keeps every run")
+    rows = []
+    for plan in plans:
+        path = out / "runs" / plan.run_id / "result.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+        elif plan.run_id in recorded:
+            rows.append(recorded[plan.run_id])
     table = pd.DataFrame(rows)
     first = [c for c in RESULT_COLUMNS if c in table.columns]
     return table[first + [c for c in table.columns if c not in first]]

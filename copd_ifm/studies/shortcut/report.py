@@ -20,17 +20,15 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.metrics import r2_score
 
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
-from copd_ifm.evaluation.cv import cross_validate
+from copd_ifm.evaluation.cv import chance_folds, cross_validate
 from copd_ifm.stats import holm, paired_difference
 from copd_ifm.studies.shortcut import plots
 from copd_ifm.studies.shortcut.plan import RunPlan, ShortcutStudy
-from copd_ifm.studies.shortcut.run import RESULT_FILE, Target
+from copd_ifm.studies.shortcut.run import RESULT_FILE, Target, check_report_keeps_runs
 
 RESULT_COLUMNS = ["method", "epsilon", "tau", "seed", "features", "latent", "kind", "metric", "value", "fold_sd",
                   "folds_ok", "run_id"]
@@ -61,21 +59,8 @@ def _long(per_fold: pd.DataFrame) -> pd.DataFrame:
 
 def chance_readout(targets: list[Target]) -> pd.DataFrame:
     """Per-fold chance scores: each test fold predicted by its training part's mean (R²) or majority level."""
-    rows = []
-    for t in targets:
-        y, fold_of = t.y.loc[t.folds.index].to_numpy(float), t.folds.to_numpy()
-        for k in range(int(fold_of.max()) + 1):
-            test = fold_of == k
-            row = {"method": "chance", "outcome": t.outcome.name, "kind": t.outcome.kind, "fold": k,
-                   "r2": math.nan, "accuracy": math.nan, "one_off": math.nan}
-            if t.outcome.ordinal:
-                levels, counts = np.unique(y[~test], return_counts=True)
-                guess = levels[counts.argmax()]
-                row.update(accuracy=float(np.mean(y[test] == guess)), one_off=float(np.mean(np.abs(y[test] - guess) <= 1)))
-            else:
-                row["r2"] = r2_score(y[test], np.full(int(test.sum()), y[~test].mean()))
-            rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["method", "outcome", "kind", "fold", "r2", "accuracy", "one_off"]
+    return pd.concat([chance_folds(t.y, t.folds, t.outcome)[columns] for t in targets], ignore_index=True)
 
 
 def collect_results(out: Path, plans: list[RunPlan], targets: list[Target], density: pd.DataFrame,
@@ -274,6 +259,7 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     """Write every report file from the finished runs; returns the results table."""
     from copd_ifm.context.train import open_store
 
+    check_report_keeps_runs(out)
     results, runs = collect_results(out, plans, targets, density, study.samples_per_dim)
     files.atomic_write_text(out / "results.csv", results.to_csv(index=False, float_format="%.8g"))
     table = comparisons(results)

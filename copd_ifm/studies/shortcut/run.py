@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from copd_ifm import config as cfg_io
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.context.train import build_model, open_store, pretrain, write_run_config
+from copd_ifm.context.train import open_store, pretrain, save_untrained
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.cv import assign_folds, cross_validate
@@ -81,7 +80,7 @@ def prepare_cohort(study: ShortcutStudy, out: Path) -> CohortConfig:
 def study_targets(study: ShortcutStudy, cohort: CohortConfig, sids: pd.Index) -> list[Target]:
     """Every latent and outcome of the study over the subjects ``sids``, with folds shared by every method."""
     latents = pd.read_csv(cohort.root / "latents.csv", dtype={"sid": str}).set_index("sid")
-    manifest = read_manifest(cohort.manifest_path)
+    manifest = read_manifest(cohort.manifest_path, cohort.name)
     pairs: list[tuple[Outcome, pd.Series, bool]] = []
     for name in dict.fromkeys([*study.latents, study.regions_latent]):   # the regional latent is read out too
         outcome = SITE if name == "site" else Outcome(name, "continuous", name, f"latent {name} (latents.csv)")
@@ -118,14 +117,6 @@ def regional_readout(nodes: np.ndarray, sids: list[str], target: Target, samples
         r2 = cross_validate({"node": frame}, target.y, target.folds, target.outcome, samples_per_dim).results["r2"]
         rows.append({"landmark": landmark, "r2": r2.mean(), "r2_sd": r2.std()})
     return pd.DataFrame(rows)
-
-
-def save_untrained(cohort: CohortConfig, cfg: PretrainConfig, run_dir: Path) -> None:
-    """A run folder holding the model of ``cfg`` before any training step (the seed's initial weights)."""
-    model = build_model(cfg, open_store(cohort))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, cohort, cfg)
-    Checkpointer(run_dir).save({"epoch": 0, "step": 0, "model": model.state_dict(), "config": cfg_io.to_dict(cfg)})
 
 
 def _final_losses(run_dir: Path, cfg: PretrainConfig) -> dict[str, float]:
@@ -175,6 +166,23 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     return result
 
 
+def check_report_keeps_runs(out: Path) -> None:
+    """Refuse to rewrite a report that would hold fewer runs than ``OUT/results.csv`` already reports.
+
+    The report is rebuilt from the run folders (their read-outs and regional maps), so a study folder
+    copied or committed without ``runs/`` cannot be re-reported, only restored.
+    """
+    saved = out / "results.csv"
+    if not saved.is_file():
+        return
+    ids = pd.read_csv(saved, usecols=["run_id"])["run_id"].dropna().astype(str)
+    missing = [i for i in dict.fromkeys(ids) if not (out / "runs" / i / RESULT_FILE).is_file()]
+    if missing:
+        raise UserError(f"{saved} reports {ids.nunique()} finished runs, but {len(missing)} of their run "
+                        f"folders are not here (e.g. {out / 'runs' / missing[0] / RESULT_FILE}); rewriting would drop "
+                        f"them: restore {out / 'runs'} or give another --out")
+
+
 def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0, 1),
               device: str = "auto", report_only: bool = False) -> Path:
     """Build the cohort, run this shard's unfinished runs (none when ``report_only``), then write the report
@@ -185,6 +193,8 @@ def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0
     if not (n >= 1 and 0 <= k < n):
         raise UserError(f"--shard {k}/{n}: need 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     out = Path(out)
+    if report_only:  # before building the cohort: a copied folder without runs fails at once
+        check_report_keeps_runs(out)
     check_or_save_study(study, out)
     cohort = prepare_cohort(study, out)
     plans = plan_runs(study, base_tau(study, cohort))
