@@ -140,10 +140,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         if stray:
             log.warning("%s: %d subjects are not in the manifest %s and are ignored", name, stray,
                         cohort.manifest_path)
-        absent = manifest.index.difference(frame.index)
-        if len(absent):
-            warnings.append(f"{name}: {len(absent)} of {len(manifest)} manifest subjects have no features "
-                            f"(e.g. {absent[0]!r}; {frame.attrs.get('path')}); they are left out for every method")
+    absent = {name: manifest.index.difference(frame.index) for name, frame in methods.items()}
 
     # First every outcome's subjects and folds, so bad input stops before any model is fitted.
     plans, counts = [], []
@@ -153,8 +150,8 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         missing = {}
         kept = {}
         for name, frame in methods.items():
-            missing[f"missing:{name}"] = int((~y.index.isin(frame.index)).sum())
             reason = too_few(y[y.index.isin(frame.index)], outcome, folds, seed)
+            missing[f"missing:{name}"] = 0 if reason else int((~y.index.isin(frame.index)).sum())
             if reason:
                 warnings.append(f"{name} skipped for {outcome.name}: {reason}")
                 continue
@@ -176,6 +173,10 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
             shares = y.value_counts(normalize=True)
             counts[-1].update(majority_level=outcome.levels[int(shares.index[0])], majority_share=float(shares.iloc[0]))
         plans.append((outcome, y, fold_list, kept))
+    used = {name for *_, kept in plans for name in kept}
+    warnings += [f"{name}: {len(missed)} of {len(manifest)} manifest subjects have no features (e.g. {missed[0]!r}; "
+                 f"{methods[name].attrs.get('path')}); they are left out for every method"
+                 for name, missed in absent.items() if len(missed) and name in used]
     for line in warnings:
         log.warning("%s", line)
     if not plans:

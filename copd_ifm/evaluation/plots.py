@@ -67,6 +67,10 @@ def plot_confusion(predictions: pd.DataFrame, outcome: Outcome, methods: list[st
     codes = list(range(len(outcome.levels)))
     for ax, method in zip(axes, methods):
         part = data[data["method"] == method]
+        if part.empty:  # skipped on this outcome (too few subjects)
+            ax.set_title(f"{method}: skipped", fontsize=9)
+            ax.axis("off")
+            continue
         matrix = confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
         ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(ax=ax, colorbar=False)
         ax.set_title(method, fontsize=9)
