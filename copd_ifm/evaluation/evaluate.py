@@ -19,7 +19,7 @@ from copd_ifm.evaluation import compare, plots
 from copd_ifm.evaluation.cv import assign_folds, cross_validate, repeated_folds
 from copd_ifm.evaluation.features import read_feature_sets
 from copd_ifm.evaluation.outcomes import Outcome, outcome_values, parse_outcomes, range_warnings, read_manifest
-from copd_ifm.evaluation.readout import DEFAULT_READOUT, READOUTS, SAMPLES_PER_DIM
+from copd_ifm.evaluation.readout import DEFAULT_READOUT, READOUTS, SAMPLES_PER_DIM, capacity
 from copd_ifm.evaluation.report import Evaluation, summarize, write_report
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,18 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
                                     readout=readout)
                 results.append(_with_repeat(cv.results, r))
                 predictions.append(_with_repeat(cv.predictions, r))
+                # a set within the capacity of every training part gets the same unpenalised fit under each
+                # protocol: its rows are reused instead of refitted
+                same = [m for m, frame in kept.items() if frame.shape[1] <= capacity(len(y) - -(-len(y) // folds),
+                                                                                    samples_per_dim)]
+                refit = {m: frame for m, frame in kept.items() if m not in same}
                 for other in sensitivity:
-                    extra = cross_validate(kept, y, fold_of, outcome, samples_per_dim, progress=lambda: bar.update(),
-                                           readout=other)
-                    sensitivity_results.append(_with_repeat(extra.results, r).assign(readout=other))
+                    extra = cross_validate(refit, y, fold_of, outcome, samples_per_dim, progress=lambda: bar.update(),
+                                           readout=other).results if refit else None
+                    reused = cv.results[cv.results["method"].isin(same)]
+                    bar.update(len(reused))
+                    sensitivity_results.append(_with_repeat(pd.concat([f for f in (extra, reused) if f is not None],
+                                                                      ignore_index=True), r).assign(readout=other))
     results = pd.concat(results, ignore_index=True)
     differences = compare.fold_differences(results, reference)
     comparisons = compare.compare(differences, reference) if len(differences) else None
