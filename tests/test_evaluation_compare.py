@@ -117,3 +117,16 @@ def test_evaluate_reference_repeats_and_a_skipped_method(cohort_dir, capsys):  #
         capsys.readouterr().err
     assert cli.main([*args, "--features", str(cohort_dir / "run"), "--readout", "lasso"]) == 2
     assert "unknown read-out 'lasso' (valid: nested, paper, pca-rule)" in capsys.readouterr().err
+
+
+def test_cohort_yaml_declares_the_readout(cohort_dir):  # noqa: F811
+    from copd_ifm.cohort.config import resolve_cohort
+    from copd_ifm.evaluation.evaluate import evaluate
+
+    text = (cohort_dir / "toy.yaml").read_text(encoding="utf-8")
+    (cohort_dir / "pca.yaml").write_text(text + "readout: pca-rule\n", encoding="utf-8")
+    results = evaluate(resolve_cohort(str(cohort_dir / "pca.yaml")), [], ["logFEV1pp"], folds=3,
+                       out=cohort_dir / "r", sensitivity=[])
+    # densitometry's 3 features exceed n_train // 10 = 2 of these 22-23-subject training parts
+    assert (results["model"] == "PCA-2 + OLS").all()
+    assert "read-out protocol `pca-rule`" in (cohort_dir / "r" / "report.md").read_text(encoding="utf-8")

@@ -105,7 +105,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from copd_ifm.cohort.config import resolve_cohort
     from copd_ifm.evaluation.evaluate import default_report_dir, evaluate
-    from copd_ifm.evaluation.readout import DEFAULT_READOUT
     from copd_ifm.evaluation.report import format_table
 
     cohort = resolve_cohort(args.cohort, cohort_overrides(args))
@@ -113,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     sources = [s.strip() for s in args.features.split(",") if s.strip()]
     sensitivity = None if args.sensitivity is None else [s.strip() for s in args.sensitivity.split(",") if s.strip()]
     results = evaluate(cohort, sources, args.outcomes.split(","), folds=args.folds, seed=args.seed, out=out,
-                       samples_per_dim=args.samples_per_dim, readout=args.readout or DEFAULT_READOUT, repeats=args.repeats,
+                       samples_per_dim=args.samples_per_dim, readout=args.readout, repeats=args.repeats,
                        reference=args.reference, sensitivity=sensitivity)
     print(format_table(results))
     print(f"report: {out / 'report.md'}")
@@ -233,7 +232,7 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
                    help="capacity rule: nested penalises, pca-rule reduces to, n_train // this many dimensions")
     # issue 22: read-out protocol and paired comparisons
     p.add_argument("--readout", default=None,  # checked by evaluate: importing the read-out here slows every command
-                   help="protocol, default nested (copd_ifm.evaluation.readout.DEFAULT_READOUT). nested: standardised ridge / L2 ordered logit, penalty by inner CV in the training fold "
+                   help="protocol; unset: the cohort YAML's readout, else nested (readout.DEFAULT_READOUT). nested: standardised ridge / L2 ordered logit, penalty by inner CV in the training fold "
                         "(for sets with more features than n_train // samples-per-dim); paper: plain OLS / ordered "
                         "logit on all features; pca-rule: PCA to n_train // samples-per-dim, then OLS / ordered logit")
     p.add_argument("--sensitivity", default=None,

@@ -73,7 +73,7 @@ def _with_repeat(frame: pd.DataFrame, repeat: int) -> pd.DataFrame:
 
 def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[str], folds: int = 5,
              seed: int = 0, out: Path | None = None, densitometry: pd.DataFrame | None = None,
-             samples_per_dim: int = SAMPLES_PER_DIM, readout: str = DEFAULT_READOUT, repeats: int = 1,
+             samples_per_dim: int = SAMPLES_PER_DIM, readout: str | None = None, repeats: int = 1,
              reference: str | None = None, sensitivity: list[str] | None = None) -> pd.DataFrame:
     """Cross-validate every feature set and the densitometry baseline on ``outcomes``.
 
@@ -85,7 +85,8 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
     method × outcome × repeat × fold, columns of
     :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS` plus ``repeat``).
 
-    ``readout``: the declared protocol (:mod:`copd_ifm.evaluation.readout`);
+    ``readout``: the declared protocol (:mod:`copd_ifm.evaluation.readout`;
+    default the cohort's ``readout``, else :data:`DEFAULT_READOUT`);
     ``sensitivity``: protocols also run on the same folds and shown as a
     sensitivity table only (default: every other protocol; ``[]``: none).
     ``repeats``: repeated k-fold (seed ``seed + r`` for repeat ``r``).
@@ -107,6 +108,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         raise UserError(f"--folds must be at least 2, got {folds}")
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {repeats}")
+    readout = readout or cohort.readout or DEFAULT_READOUT
     sensitivity = [r for r in READOUTS if r != readout] if sensitivity is None else list(sensitivity)
     for name in [readout, *sensitivity]:
         if name not in READOUTS:
