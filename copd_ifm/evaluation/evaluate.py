@@ -151,8 +151,10 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
         usable = y.index
         missing = {}
         kept = {}
+        # a problem of the outcome itself (too few subjects or levels) skips the outcome below, not each method
+        outcome_ok = not too_few(y, outcome, folds, seed)
         for name, frame in methods.items():
-            reason = too_few(y[y.index.isin(frame.index)], outcome, folds, seed)
+            reason = too_few(y[y.index.isin(frame.index)], outcome, folds, seed) if outcome_ok else ""
             missing[f"missing:{name}"] = 0 if reason else int((~y.index.isin(frame.index)).sum())
             if reason:
                 warnings.append(f"{name} skipped for {outcome.name}: {reason}")
@@ -164,7 +166,7 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
                        "used": len(usable), "majority_level": None, "majority_share": None, **missing})
         y = y.loc[usable]
         if not kept:
-            warnings.append(f"{outcome.name} skipped: no method has enough subjects for the folds ({reason})")
+            warnings.append(f"{outcome.name} skipped: no method has enough subjects for the folds")
             continue
         try:
             fold_list = repeated_folds(y, outcome, folds, seed, repeats)

@@ -119,5 +119,6 @@ def plot_differences(differences: pd.DataFrame, comparisons: pd.DataFrame, path:
         ax.set_xlabel(("R²" if scale == 1.0 else "accuracy (points of %)") + f" − {rows['reference'].iloc[0]}",
                       fontsize=8)
         ax.set_title(outcome, fontsize=9)
+    fig.suptitle("dots: per-fold differences; |: mean; black line: Bonferroni-adjusted interval", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
