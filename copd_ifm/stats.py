@@ -109,6 +109,6 @@ def min_detectable_effect(se: float, df: float, alpha: float = 0.05, power: floa
     noncentral t gives almost the same). With :func:`corrected_resampled_t`, pass
     its corrected ``se`` and ``df`` (and the family's adjusted ``alpha``).
     """
-    if not (np.isfinite(se) and np.isfinite(df) and df >= 1):
-        return math.nan
+    if not (np.isfinite(se) and np.isfinite(df) and df >= 1 and se > 0):
+        return math.nan  # no spread: no power statement to make
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)

@@ -54,4 +54,4 @@ def test_minimum_detectable_effect_closed_form_and_power():
     power = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
     assert power == pytest.approx(0.8, abs=0.02)
     assert min_detectable_effect(se, df, alpha=0.005) > mde  # a stricter level needs a larger effect
-    assert math.isnan(min_detectable_effect(float("nan"), df))
+    assert math.isnan(min_detectable_effect(float("nan"), df)) and math.isnan(min_detectable_effect(0.0, df))
