@@ -101,6 +101,8 @@ def test_evaluate_reference_repeats_and_a_skipped_method(cohort_dir, capsys):  #
     assert "## Paired comparisons with `toy/patch`" in report and "J = 6" in report
     assert "read-out protocol `nested`" in report and "## Read-out sensitivity" in report
     assert "toy/graph [pca-rule]" in report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Paired comparisons with <code>toy/patch</code>" in page and "Read-out sensitivity" in page
     comparisons = pd.read_csv(out / "comparisons.csv")
     assert set(comparisons["method"]) == {"densitometry", "toy/graph"}
     assert set(comparisons["outcome"]) == {"logFEV1pp", "Paraseptal"}

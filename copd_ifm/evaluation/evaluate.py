@@ -177,6 +177,8 @@ def evaluate(cohort: CohortConfig, feature_sources: list[str], outcomes: list[st
             shares = y.value_counts(normalize=True)
             counts[-1].update(majority_level=outcome.levels[int(shares.index[0])], majority_share=float(shares.iloc[0]))
         plans.append((outcome, y, fold_list, kept))
+        if reference not in kept:
+            warnings.append(f"{outcome.name}: no paired comparisons, the reference {reference} was skipped there")
     used = {name for *_, kept in plans for name in kept}
     warnings += [f"{name}: {len(missed)} of {len(manifest)} manifest subjects have no features (e.g. {missed[0]!r}; "
                  f"{methods[name].attrs.get('path')}); they are left out for every method"
