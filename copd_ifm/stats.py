@@ -68,3 +68,47 @@ def holm(p: pd.Series, family: pd.Series | None = None) -> pd.Series:
     if members.any():
         adjusted[members] = multipletests(p[members].astype(float), method="holm")[1]
     return adjusted
+
+
+def corrected_resampled_t(diff: np.ndarray | pd.Series, test_train_ratio: float,
+                          alpha: float = 0.05) -> dict[str, float]:
+    """Nadeau–Bengio corrected resampled t test of the mean of ``J`` per-fold paired differences.
+
+    ``diff``: one difference per fold of an ``r × k`` repeated k-fold (``J = r·k``
+    values, NaN dropped); ``test_train_ratio``: ``n_test / n_train`` of a fold.
+    Folds share training subjects, so the plain ``s²/J`` understates the variance of
+    the mean; Nadeau & Bengio (2003) use ``s²·(1/J + n_test/n_train)``, with
+    ``J − 1`` degrees of freedom. Returns ``n`` (J), ``mean``, ``sd`` (ddof 1),
+    ``se`` (the corrected standard error), ``df``, the ``1 − alpha`` interval
+    ``low``/``high`` and the two-sided ``p`` (all but ``n``/``mean`` NaN below 2
+    folds). No spread leaves nothing to test: ``p`` is 1 when the mean is 0 and NaN
+    otherwise, as in :func:`paired_difference`.
+    """
+    values = np.asarray(pd.Series(diff, dtype=float).dropna())
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    out = {"n": n, "mean": mean, "sd": math.nan, "se": math.nan, "df": math.nan, "low": math.nan,
+           "high": math.nan, "p": math.nan}
+    if n < 2:
+        return out
+    sd = float(values.std(ddof=1))
+    se = sd * math.sqrt(1.0 / n + test_train_ratio)
+    out.update(sd=sd, se=se, df=n - 1)
+    if sd <= 1e-9 * max(1.0, abs(mean)):
+        out.update(low=mean, high=mean, p=1.0 if abs(mean) <= 1e-12 else math.nan)
+        return out
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * se
+    out.update(low=mean - half, high=mean + half, p=float(2 * stats.t.sf(abs(mean) / se, n - 1)))
+    return out
+
+
+def min_detectable_effect(se: float, df: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true mean difference a two-sided t test at ``alpha`` detects with probability ``power``.
+
+    ``(t_{1−α/2, df} + t_{power, df}) · se`` (the usual shifted-t approximation; the
+    noncentral t gives almost the same). With :func:`corrected_resampled_t`, pass
+    its corrected ``se`` and ``df`` (and the family's adjusted ``alpha``).
+    """
+    if not (np.isfinite(se) and np.isfinite(df) and df >= 1 and se > 0):
+        return math.nan  # no spread: no power statement to make
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)

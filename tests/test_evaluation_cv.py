@@ -9,7 +9,8 @@ from sklearn.model_selection import StratifiedKFold
 pytestmark = pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
 
 from copd_ifm.errors import UserError
-from copd_ifm.evaluation import cv
+from copd_ifm.evaluation import cv, readout
+from copd_ifm.evaluation.ordinal import OrderedLogit
 from copd_ifm.evaluation.outcomes import OUTCOMES
 
 FEV = OUTCOMES["logFEV1pp"]
@@ -24,9 +25,9 @@ def _frame(values: np.ndarray, sids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(sids, name="sid"), columns=[f"f{i}" for i in range(values.shape[1])])
 
 
-def _run(features, y, outcome, folds=5, seed=0, samples_per_dim=cv.SAMPLES_PER_DIM):
+def _run(features, y, outcome, folds=5, seed=0, samples_per_dim=cv.SAMPLES_PER_DIM, readout=cv.DEFAULT_READOUT):
     fold_of = cv.assign_folds(y, outcome, folds, seed)
-    return cv.cross_validate(features, y, fold_of, outcome, samples_per_dim), fold_of
+    return cv.cross_validate(features, y, fold_of, outcome, samples_per_dim, readout=readout), fold_of
 
 
 def _cle_levels(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +111,7 @@ def test_folds_are_shared_and_independent_of_row_order():
     np.testing.assert_array_equal(per_method["a"].to_numpy(), expected)
 
 
-def test_pca_is_fitted_on_training_rows_only(monkeypatch):
+def test_pca_rule_is_fitted_on_training_rows_only(monkeypatch):
     rng = np.random.default_rng(4)
     n, d = 40, 12
     sids = _sids(n)
@@ -121,13 +122,13 @@ def test_pca_is_fitted_on_training_rows_only(monkeypatch):
 
     seen_rows = []
 
-    class SpyPCA(cv.PCA):
+    class SpyPCA(readout.PCA):
         def fit(self, X, y=None):
             seen_rows.append(X.shape[0])
             return super().fit(X, y)
 
-    monkeypatch.setattr(cv, "PCA", SpyPCA)
-    res, fold_of = _run({"m": _frame(x, sids)}, y, FEV, folds=5)
+    monkeypatch.setattr(readout, "PCA", SpyPCA)
+    res, fold_of = _run({"m": _frame(x, sids)}, y, FEV, folds=5, readout="pca-rule")
     folds = fold_of.to_numpy()
     assert seen_rows == [int((folds != k).sum()) for k in range(5)]
     assert (res.results["n_dims"] == 32 // 10).all()
@@ -182,7 +183,7 @@ def test_ordered_logit_gradient_and_optimum_match_statsmodels():
     n = 200
     x = rng.normal(size=(n, 3))
     levels = np.array([0.0, 1.0, 3.0, 4.0, 5.0])[rng.integers(0, 5, n)]  # level 2 absent
-    model = cv.OrderedLogit(levels, x)
+    model = OrderedLogit(levels, x)
     for _ in range(3):
         params = rng.normal(0, 0.5, 3 + 4)
         numeric = approx_fprime(params, model.loglike, centered=True)

@@ -131,8 +131,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cohort = resolve_cohort(args.cohort, cohort_overrides(args))
     out = Path(args.out) if args.out else default_report_dir(cohort)
     sources = [s.strip() for s in args.features.split(",") if s.strip()]
+    sensitivity = None if args.sensitivity is None else [s.strip() for s in args.sensitivity.split(",") if s.strip()]
     results = evaluate(cohort, sources, args.outcomes.split(","), folds=args.folds, seed=args.seed, out=out,
-                       samples_per_dim=args.samples_per_dim)
+                       samples_per_dim=args.samples_per_dim, readout=args.readout, repeats=args.repeats,
+                       reference=args.reference, sensitivity=sensitivity)
     print(format_table(results))
     print(f"report: {out / 'report.md'}")
     return 0
@@ -298,7 +300,18 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     p.add_argument("--out", default=None, help="report folder (default: reports/<cohort>)")
     p.add_argument("--samples-per-dim", type=workers, default=10,
-                   help="PCA keeps n_train // this many components when features exceed it")
+                   help="capacity rule: nested penalises, pca-rule reduces to, n_train // this many dimensions")
+    # issue 22: read-out protocol and paired comparisons
+    p.add_argument("--readout", default=None,  # checked by evaluate: importing the read-out here slows every command
+                   help="protocol; unset: the cohort YAML's readout, else nested (readout.DEFAULT_READOUT). nested: standardised ridge / L2 ordered logit, penalty by inner CV in the training fold "
+                        "(for sets with more features than n_train // samples-per-dim); paper: plain OLS / ordered "
+                        "logit on all features; pca-rule: PCA to n_train // samples-per-dim, then OLS / ordered logit")
+    p.add_argument("--sensitivity", default=None,
+                   help="comma-separated protocols also run on the same folds as a sensitivity table "
+                        "(default: the other two; '' for none)")
+    p.add_argument("--repeats", type=workers, default=1, help="repeated k-fold: repeats r (seed + r), J = r × folds")
+    p.add_argument("--reference", default=None,
+                   help="method every other is compared with, paired over folds (default: the first feature set)")
     add_set(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)

@@ -123,6 +123,8 @@ class CohortConfig:
     synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
     # Pretrain fields this cohort's size needs (dotted keys as for --set), applied after the pretrain YAML.
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    # evaluate's read-out protocol for this cohort (copd_ifm.evaluation.readout); None: the declared default
+    readout: Optional[str] = None
 
     def validate(self) -> None:
         if not 0.2 <= self.spacing_mm <= 10:

@@ -1,23 +1,21 @@
-"""Cross-validated linear read-out: folds, feature reduction and the statsmodels models.
+"""Cross-validated linear read-out: shared folds and per-fold scores of every feature set.
 
 * Folds: seeded ``KFold`` (continuous outcomes) or ``StratifiedKFold`` on the
   level (ordinal outcomes), both shuffled, computed once per outcome over the
-  subjects sorted by ``sid`` and reused for every feature set.
-* Features, fitted on the training part of each fold only (scikit-learn
-  ``Pipeline``): constant columns dropped, standardised, and reduced by PCA
-  to ``max(1, n_train // samples_per_dim)`` components when there are more
-  columns than that (default 10 training subjects per dimension, the usual
-  one-in-ten rule for regression).
-* Continuous: statsmodels ``OLS`` with a constant; R² on the held-out fold,
-  ``1 − SS_res/SS_tot`` with ``SS_tot`` around the *test fold's* mean
-  (``sklearn.metrics.r2_score``), so predicting the training mean scores ≈ 0
-  or below and R² can be negative.
-* Ordinal: statsmodels ``OrderedModel`` (logit link, analytic gradient: :class:`OrderedLogit`); the predicted level is
-  the one of highest predicted probability; accuracy and 1-off accuracy
-  (share of predictions within one level of the truth). The model can only
-  predict levels seen in its training part; a level present only in the test
-  part is therefore always missed there, for every method alike, and the fold
-  row says so in ``note``.
+  subjects sorted by ``sid`` and reused for every feature set; repeat ``r`` of
+  a repeated k-fold uses seed ``seed + r`` (:func:`repeated_folds`).
+* Models, fitted on the training part of each fold only: the read-out
+  protocol of :mod:`copd_ifm.evaluation.readout` (``nested`` by default:
+  standardised ridge / L2 ordered logit with the penalty chosen by an inner CV
+  when the features outnumber a tenth of the training subjects).
+* Continuous: R² on the held-out fold, ``1 − SS_res/SS_tot`` with ``SS_tot``
+  around the *test fold's* mean (``sklearn.metrics.r2_score``), so predicting
+  the training mean scores ≈ 0 or below and R² can be negative.
+* Ordinal: the predicted level is the one of highest predicted probability;
+  accuracy and 1-off accuracy (share of predictions within one level of the
+  truth). The model can only predict levels seen in its training part; a level
+  present only in the test part is therefore always missed there, for every
+  method alike, and the fold row says so in ``note``.
 """
 from __future__ import annotations
 
@@ -27,24 +25,16 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from sklearn.decomposition import PCA
-from sklearn.feature_selection import VarianceThreshold
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from statsmodels.miscmodels.ordinal_model import OrderedModel
 
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import Outcome
-
-#: Default training subjects per feature dimension before PCA reduces the features.
-SAMPLES_PER_DIM = 10
+from copd_ifm.evaluation.readout import DEFAULT_READOUT, SAMPLES_PER_DIM, check_readout, fit_predict
 
 #: Columns of the per-fold results table.
 RESULT_COLUMNS = ["method", "outcome", "kind", "fold", "n_train", "n_test", "n_features", "n_dims",
-                  "r2", "accuracy", "one_off", "status", "note"]
+                  "model", "penalty", "r2", "accuracy", "one_off", "status", "note"]
 
 
 def assign_folds(y: pd.Series, outcome: Outcome, n_folds: int, seed: int) -> pd.Series:
@@ -80,72 +70,12 @@ def assign_folds(y: pd.Series, outcome: Outcome, n_folds: int, seed: int) -> pd.
     return pd.Series(folds, index=y.index, name="fold")
 
 
-def feature_transform(x_train: np.ndarray, samples_per_dim: int = SAMPLES_PER_DIM) -> Pipeline:
-    """Fit drop-constant → standardise → (PCA) on training features ``[n_train, D]``.
-
-    PCA keeps ``max(1, n_train // samples_per_dim)`` components and is added
-    only when more non-constant columns remain than that.
-    """
-    n_train = x_train.shape[0]
-    informative = int((np.ptp(x_train, axis=0) > 0).sum())
-    if informative == 0:
-        raise ValueError("every feature is constant in the training part")
-    k = max(1, n_train // samples_per_dim)
-    steps: list[tuple[str, object]] = [("drop_constant", VarianceThreshold()), ("scale", StandardScaler())]
-    if informative > k:
-        steps.append(("pca", PCA(n_components=k, random_state=0)))
-    return Pipeline(steps).fit(x_train)
-
-
-def fit_predict_ols(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
-    """OLS with a constant on ``[n_train, d]`` → predictions for ``[n_test, d]``."""
-    fit = sm.OLS(y_train, sm.add_constant(z_train, has_constant="add")).fit()
-    return np.asarray(fit.predict(sm.add_constant(z_test, has_constant="add")))
-
-
-class OrderedLogit(OrderedModel):
-    """statsmodels ``OrderedModel`` with the logit link and an analytic score.
-
-    ``OrderedModel`` differentiates its log-likelihood numerically, one
-    evaluation per parameter: tens of seconds to minutes per fit at COPDGene size
-    (n ≈ 7000, 128 features). The likelihood, parameters and optimum are
-    unchanged; only the gradient is exact and cheap.
-    """
-
-    def __init__(self, endog: np.ndarray, exog: np.ndarray) -> None:
-        super().__init__(endog, exog, distr="logit")
-
-    def score(self, params: np.ndarray) -> np.ndarray:
-        """Gradient of the log-likelihood, ``[k_vars + k_levels − 1]``.
-
-        Parameters are (β, θ₁, δ₂ … δ_{K−1}) with thresholds
-        ``t_j = θ₁ + Σ_{2≤i≤j} exp(δ_i)``; a subject at level ``y`` has
-        ``ℓ = log(F(t_{y+1} − xβ) − F(t_y − xβ))`` (``t_0 = −∞``, ``t_K = +∞``).
-        """
-        params = np.asarray(params, dtype=np.float64)
-        k = self.k_levels - 1
-        low, upp = self._bounds(params)
-        prob = self.prob(low, upp) + 1e-20  # the same guard as loglikeobs
-        f_low, f_upp = self.pdf(low) / prob, self.pdf(upp) / prob  # pdf(±inf) = 0 at the open ends
-        level = np.asarray(self.endog, dtype=np.int64)
-        # dℓ/dt_j summed over subjects, j = 0..K; the infinite ends t_0, t_K are dropped
-        d_thresh = (np.bincount(level + 1, f_upp, minlength=k + 2) - np.bincount(level, f_low, minlength=k + 2))[1:-1]
-        tail = d_thresh[::-1].cumsum()[::-1]  # Σ_{j≥i} dℓ/dt_j
-        d_theta = np.r_[tail[:1], tail[1:] * np.exp(params[-k:][1:])]
-        return np.r_[self.exog.T @ (f_low - f_upp), d_theta]
-
-
-def fit_predict_ordinal(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Ordinal logit on ``[n_train, d]`` with integer levels → (predicted levels ``[n_test]``, converged)."""
-    with warnings.catch_warnings():
-        # non-convergence is reported through the returned flag; separable data overflows exp harmlessly
-        warnings.simplefilter("ignore")
-        model = OrderedLogit(y_train, z_train)
-        # standard errors are not used: skip the (numerical) Hessian
-        fit = model.fit(method="bfgs", maxiter=2000, disp=False, skip_hessian=True)
-        prob = np.asarray(fit.model.predict(fit.params, exog=z_test))
-    converged = bool(fit.mle_retvals.get("converged", False)) and bool(np.isfinite(fit.params).all())
-    return np.asarray(model.labels)[prob.argmax(axis=1)], converged
+def repeated_folds(y: pd.Series, outcome: Outcome, n_folds: int, seed: int, repeats: int) -> list[pd.Series]:
+    """Repeated k-fold: :func:`assign_folds` with seed ``seed + r`` for repeat ``r = 0 … repeats−1``
+    (repeat 0 is the plain k-fold of ``seed``)."""
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {repeats}")
+    return [assign_folds(y, outcome, n_folds, seed + r) for r in range(repeats)]
 
 
 @dataclass
@@ -157,33 +87,31 @@ class CVResult:
     predictions: pd.DataFrame
 
 
-def _fold(x: np.ndarray, y: np.ndarray, train: np.ndarray, outcome: Outcome,
-          samples_per_dim: int) -> tuple[dict[str, object], np.ndarray]:
+def _fold(x: np.ndarray, y: np.ndarray, train: np.ndarray, outcome: Outcome, samples_per_dim: int,
+          readout: str) -> tuple[dict[str, object], np.ndarray]:
     """Fit on ``train`` rows, score on the rest → (metric fields, test predictions)."""
     test = ~train
     row: dict[str, object] = {"n_train": int(train.sum()), "n_test": int(test.sum()), "n_features": x.shape[1],
-                              "n_dims": np.nan, "r2": np.nan, "accuracy": np.nan, "one_off": np.nan,
-                              "status": "ok", "note": ""}
+                              "n_dims": np.nan, "model": "", "penalty": np.nan, "r2": np.nan, "accuracy": np.nan,
+                              "one_off": np.nan, "status": "ok", "note": ""}
     pred = np.full(int(test.sum()), np.nan)
     try:
-        transform = feature_transform(x[train], samples_per_dim)
-        z_train, z_test = transform.transform(x[train]), transform.transform(x[test])
-        row["n_dims"] = z_train.shape[1]
+        seen = np.unique(y[train])
+        if outcome.ordinal and len(seen) < 2:
+            raise ValueError(f"only level {seen[0]:g} in the training part")
+        fit = fit_predict(readout, x[train], y[train], x[test], outcome.ordinal, samples_per_dim)
+        pred = fit.predicted
+        row.update(n_dims=fit.n_dims, model=fit.model, penalty=fit.penalty)
         if outcome.ordinal:
-            seen = np.unique(y[train])
-            if len(seen) < 2:
-                raise ValueError(f"only level {seen[0]:g} in the training part")
-            pred, converged = fit_predict_ordinal(z_train, y[train], z_test)
             row["accuracy"] = accuracy_score(y[test], pred)
             row["one_off"] = float(np.mean(np.abs(pred - y[test]) <= 1))
             unseen = sorted(set(np.unique(y[test])) - set(seen))
             if unseen:
                 row["note"] = (f"level {', '.join(outcome.levels[int(v)] for v in unseen)} absent from the "
                                f"training part (cannot be predicted in this fold)")
-            if not converged:
+            if not fit.converged:
                 row["status"] = "not converged"
         else:
-            pred = fit_predict_ols(z_train, y[train], z_test)
             row["r2"] = r2_score(y[test], pred)
     except (ValueError, np.linalg.LinAlgError) as exc:
         row.update(status="failed", note=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -192,9 +120,9 @@ def _fold(x: np.ndarray, y: np.ndarray, train: np.ndarray, outcome: Outcome,
 
 
 def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Series, outcome: Outcome,
-                   samples_per_dim: int = SAMPLES_PER_DIM,
-                   progress: Callable[[], None] | None = None) -> CVResult:
-    """Score every feature set on one outcome over the shared ``folds``.
+                   samples_per_dim: int = SAMPLES_PER_DIM, progress: Callable[[], None] | None = None,
+                   readout: str = DEFAULT_READOUT) -> CVResult:
+    """Score every feature set on one outcome over the shared ``folds`` with protocol ``readout``.
 
     ``features``: method → sid-indexed frame ``[n, D]`` containing every sid of
     ``y``; ``y``: sid-indexed outcome (log units or integer level codes), no
@@ -202,6 +130,7 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
     fitted is kept with ``status="failed"`` and the reason in ``note``.
     ``progress`` is called once per fitted fold.
     """
+    check_readout(readout)
     sids = folds.index
     target = y.loc[sids].to_numpy(dtype=np.float64)
     fold_of = folds.to_numpy()
@@ -210,7 +139,7 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
         x = frame.loc[sids].to_numpy(dtype=np.float64)
         for k in range(int(fold_of.max()) + 1):
             test = fold_of == k
-            row, pred = _fold(x, target, ~test, outcome, samples_per_dim)
+            row, pred = _fold(x, target, ~test, outcome, samples_per_dim, readout)
             rows.append({"method": method, "outcome": outcome.name, "kind": outcome.kind, "fold": k, **row})
             preds.append(pd.DataFrame({"method": method, "outcome": outcome.name, "sid": sids[test], "fold": k,
                                        "observed": target[test], "predicted": pred}))
@@ -238,7 +167,7 @@ def chance_folds(y: pd.Series, folds: pd.Series, outcome: Outcome) -> pd.DataFra
         test = fold_of == k
         row = {"method": CHANCE, "outcome": outcome.name, "kind": outcome.kind, "fold": k,
                "n_train": int((~test).sum()), "n_test": int(test.sum()), "n_features": 0, "n_dims": 0,
-               "r2": np.nan, "accuracy": np.nan, "one_off": np.nan, "status": "ok", "note": ""}
+               "model": "majority level" if outcome.ordinal else "training mean", "penalty": np.nan, "r2": np.nan, "accuracy": np.nan, "one_off": np.nan, "status": "ok", "note": ""}
         if outcome.ordinal:
             levels, counts = np.unique(target[~test], return_counts=True)
             guess = levels[counts.argmax()]

@@ -6,6 +6,8 @@
   level, one panel per method (ordinal outcomes).
 * ``metrics.png``: every method per outcome metric, bar = mean over folds,
   error bar = sample sd over folds.
+* ``differences.png``: per outcome, each method's per-fold difference from
+  the reference, its mean and the adjusted interval.
 """
 from __future__ import annotations
 
@@ -64,11 +66,15 @@ def plot_confusion(predictions: pd.DataFrame, outcome: Outcome, methods: list[st
     fig, axes = _grid(len(methods), size=3.8)
     data = predictions[(predictions["outcome"] == outcome.name) & predictions["predicted"].notna()]
     codes = list(range(len(outcome.levels)))
-    matrices = [confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
-                for part in (data[data["method"] == method] for method in methods)]
-    top = max([int(m.max()) for m in matrices] + [1])  # a shared scale: the same colour is the same count everywhere
-    for ax, method, matrix in zip(axes, methods, matrices):
-        ConfusionMatrixDisplay(matrix, display_labels=[str(c) for c in codes]).plot(
+    matrices = {method: confusion_matrix(part["observed"].astype(int), part["predicted"].astype(int), labels=codes)
+                for method, part in ((m, data[data["method"] == m]) for m in methods) if not part.empty}
+    top = max([int(m.max()) for m in matrices.values()] + [1])  # a shared scale: the same colour is the same count
+    for ax, method in zip(axes, methods):
+        if method not in matrices:  # skipped on this outcome (too few subjects)
+            ax.set_title(f"{method}: skipped", fontsize=9)
+            ax.axis("off")
+            continue
+        ConfusionMatrixDisplay(matrices[method], display_labels=[str(c) for c in codes]).plot(
             ax=ax, colorbar=False, im_kw={"vmin": 0, "vmax": top})
         ax.set_title(method, fontsize=9)
     fig.suptitle(f"{outcome.name}: " + ", ".join(f"{i}={lab}" for i, lab in enumerate(outcome.levels)),
@@ -84,8 +90,9 @@ def plot_metrics(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[s
     cells = summary.set_index(["method", "outcome", "metric"])
     x = np.arange(len(methods))
     for ax, (outcome, metric, label, scale) in zip(axes, panels):
-        means = np.array([cells.loc[(m, outcome.name, metric), "mean"] for m in methods]) * scale
-        sds = np.array([cells.loc[(m, outcome.name, metric), "sd"] for m in methods]) * scale
+        cell = cells["mean"].get  # a method skipped on this outcome has no row: no bar
+        means = np.array([cell((m, outcome.name, metric), np.nan) for m in methods], dtype=float) * scale
+        sds = np.array([cells["sd"].get((m, outcome.name, metric), np.nan) for m in methods], dtype=float) * scale
         ax.bar(x, np.nan_to_num(means), yerr=np.nan_to_num(sds), capsize=3, color=plt.cm.tab10(x % 10))
         ax.set_xticks(x, methods, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{outcome.name} {label}", fontsize=9)
@@ -94,5 +101,31 @@ def plot_metrics(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[s
             ax.axhline(cells.loc[(CHANCE, outcome.name, metric), "mean"] * scale, color="grey", linestyle="--",
                        linewidth=1, label="chance (training mean / majority level)")
             ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_differences(differences: pd.DataFrame, comparisons: pd.DataFrame, path: Path) -> Path:
+    """Per outcome, each method's per-fold difference from the reference (dots), its mean (bar) and the
+    adjusted interval (black line); a dashed line at no difference."""
+    outcomes = list(dict.fromkeys(comparisons["outcome"]))
+    fig, axes = _grid(len(outcomes), size=3.8)
+    for ax, outcome in zip(axes, outcomes):
+        rows = comparisons[comparisons["outcome"] == outcome].reset_index(drop=True)
+        scale = 1.0 if rows["metric"].iloc[0] == "r2" else 100.0
+        for i, r in rows.iterrows():
+            points = differences[(differences["outcome"] == outcome) & (differences["method"] == r["method"])]
+            jitter = np.linspace(-0.15, 0.15, max(len(points), 1))[:len(points)]
+            ax.scatter(points["difference"] * scale, i + jitter, s=10, alpha=0.5, color=plt.cm.tab10(i % 10))
+            if np.isfinite(r["adj_low"]):
+                ax.plot([r["adj_low"] * scale, r["adj_high"] * scale], [i, i], color="black", linewidth=2)
+            if np.isfinite(r["mean"]):
+                ax.plot([r["mean"] * scale], [i], marker="|", markersize=14, color="black")
+        ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(rows)), rows["method"], fontsize=7)
+        ax.set_xlabel(("R²" if scale == 1.0 else "accuracy (points of %)") + f" − {rows['reference'].iloc[0]}",
+                      fontsize=8)
+        ax.set_title(outcome, fontsize=9)
+    fig.suptitle("dots: per-fold differences; |: mean; black line: Bonferroni-adjusted interval", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -6,8 +6,11 @@ Files written into the report folder (each atomically):
   (R² for continuous outcomes, accuracy and 1-off accuracy in % for ordinal
   ones), mean ± sample sd over folds, the best mean per column in bold; then
   the subject counts, the methods' sources, fold notes and the plots.
-* ``results.csv``: one row per method × outcome × fold (columns of
-  :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS`).
+* ``results.csv``: one row per method × outcome × repeat × fold (columns of
+  :data:`copd_ifm.evaluation.cv.RESULT_COLUMNS` plus ``repeat``).
+* ``comparisons.csv`` / ``differences.csv``: the paired comparisons with the
+  reference (:mod:`copd_ifm.evaluation.compare`) and their per-fold differences.
+* ``sensitivity.csv``: per-fold rows of the other read-out protocols.
 * ``results.json``: settings, counts, the summary and the fold rows.
 * ``predictions.csv``: out-of-fold prediction of every subject, per method and
   outcome (the data behind the plots).
@@ -22,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from copd_ifm.evaluation import compare
 from copd_ifm.evaluation.cv import CHANCE, DENSITOMETRY
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome
+from copd_ifm.evaluation.readout import DEFAULT_READOUT, describe
 from copd_ifm.files import atomic_write_text
 
 #: Metrics per outcome kind: (column in the results table, label, scale for display).
@@ -43,7 +48,10 @@ class Evaluation:
     plus ``missing:<method>`` per method). ``results``/``predictions``: see
     :class:`copd_ifm.evaluation.cv.CVResult`. ``warnings``: one line per
     data-quality finding (out-of-range outcomes, subjects without features,
-    skipped outcomes), shown first in the report.
+    skipped outcomes), shown first in the report. ``readout``: the declared
+    protocol; ``sensitivity``: per-fold rows of the other protocols (column
+    ``readout``); ``comparisons``/``differences``: :mod:`copd_ifm.evaluation.compare`
+    with ``reference`` (None: no comparison).
     """
 
     cohort: str
@@ -57,6 +65,12 @@ class Evaluation:
     results: pd.DataFrame
     predictions: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    readout: str = DEFAULT_READOUT
+    repeats: int = 1
+    reference: str | None = None
+    comparisons: pd.DataFrame | None = None
+    differences: pd.DataFrame | None = None
+    sensitivity: pd.DataFrame | None = None
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -92,18 +106,24 @@ def table(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[str],
 
     ``bold``: (open, close) markup around the best mean of each column, only where it beats the
     :data:`~copd_ifm.evaluation.cv.CHANCE` row (when there is one; that row is never bold).
-    ``†`` marks cells where the ordinal model did not converge in some fold.
+    ``†`` marks cells where the ordinal model did not converge in some fold;
+    a method not read out on an outcome (too few subjects) shows ``skipped``.
     """
     cells = summary.set_index(["method", "outcome", "metric"])
     out = pd.DataFrame(index=methods, dtype=object)
     for outcome, metric, label, scale in _columns(outcomes):
-        means = pd.Series({m: cells.loc[(m, outcome.name, metric), "mean"] for m in methods if m != CHANCE})
+        present = [m for m in methods if (m, outcome.name, metric) in cells.index]
+        means = pd.Series({m: cells.loc[(m, outcome.name, metric), "mean"] for m in present if m != CHANCE},
+                          dtype=float)
         best = means.max()
         chance = cells["mean"].get((CHANCE, outcome.name, metric), -np.inf)
         if not best > chance + 1e-12:
             best = np.nan  # nothing beats guessing the training mean / majority level: no cell is best
         column = []
         for method in methods:
+            if method not in present:
+                column.append("skipped")
+                continue
             cell = cells.loc[(method, outcome.name, metric)]
             if cell["failed"]:
                 column.append(f"failed in {int(cell['failed'])}/{int(cell['folds'])} folds")
@@ -135,7 +155,7 @@ def noise_lines(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[st
     what = f"the {len(compared)} run feature sets" if compared == runs else "the methods"
     lines = []
     for outcome, metric, label, scale in _columns(outcomes):
-        rows = [cells.loc[(m, outcome.name, metric)] for m in compared]
+        rows = [cells.loc[key] for key in ((m, outcome.name, metric) for m in compared) if key in cells.index]
         means = np.array([r["mean"] for r in rows], dtype=float) * scale
         sds = np.array([r["sd"] for r in rows], dtype=float) * scale
         if len(rows) < 2 or not np.isfinite(means).all():
@@ -145,7 +165,8 @@ def noise_lines(summary: pd.DataFrame, outcomes: list[Outcome], methods: list[st
         text = f"{label}: {what} span {spread:.{digits}f} against a fold sd of {sd:.{digits}f} (median over them)"
         text += ": within noise." if spread < sd else ": more than one fold sd apart (not a paired test)."
         chance = cells["mean"].get((CHANCE, outcome.name, metric))
-        everything = [cells.loc[(m, outcome.name, metric), "mean"] for m in methods if m != CHANCE]
+        everything = [cells.loc[key, "mean"] for key in ((m, outcome.name, metric) for m in methods if m != CHANCE)
+                      if key in cells.index]
         if chance is not None and np.isfinite(chance) and not np.nanmax(everything) > chance + 1e-12:
             text += f" No method beats chance ({chance * scale:.{digits}f}), so none is in bold."
         lines.append(text)
@@ -205,19 +226,79 @@ def _method_text(ev: Evaluation) -> list[str]:
         "Densitometry as COPDGene measures it, on the acquired image and its lung mask (not the resampled "
         "grid): %LAA-950 = share of lung voxels below −950 HU (strictly: a voxel at −950 is not counted), "
         "Perc15 = 15th percentile of lung HU (linear interpolation), lung volume = voxel count × voxel volume.",
-        f"{ev.folds}-fold cross-validation, seed {ev.seed}: KFold for continuous outcomes, StratifiedKFold on the "
-        "level for ordinal ones; the same folds for every method.",
+        f"{_design(ev)}, seed {ev.seed}" + (f" (repeat r uses seed {ev.seed} + r)" if ev.repeats > 1 else "")
+        + ": KFold for continuous outcomes, StratifiedKFold on the level for ordinal ones; the same folds for every "
+        "method.",
         "For each outcome the subjects are those with the outcome and with features in every method; a subject "
         "missing from any feature table or with an empty or invalid outcome is dropped for that outcome only.",
-        f"Per fold, on the training part only: constant features dropped, standardised, and reduced by PCA to "
-        f"n_train // {ev.samples_per_dim} components when there are more features than that.",
-        "Continuous: OLS with a constant (statsmodels); R² = 1 − SS_res/SS_tot on the held-out fold, SS_tot around "
-        "the held-out fold's mean (can be negative).",
+        f"Per fold, fitted on the training part only, {describe(ev.readout, ev.samples_per_dim)}",
+        "Continuous: R² = 1 − SS_res/SS_tot on the held-out fold, SS_tot around the held-out fold's mean (can be "
+        "negative).",
         "Ordinal: ordered logit (statsmodels OrderedModel); predicted level = most probable; accuracy and 1-off "
         "accuracy (prediction within one level). A level absent from a training part cannot be predicted there.",
-        "Cells: mean ± sample sd over folds; best mean per column in bold when it beats the chance row; † = the "
+        f"Cells: mean ± sample sd over the {ev.repeats * ev.folds} folds; best mean per column in bold when it "
+        "beats the chance row; † = the "
         "ordinal fit did not converge in some fold (result kept).",
     ]
+
+
+def _design(ev: Evaluation) -> str:
+    return (f"{ev.repeats} × repeated {ev.folds}-fold cross-validation" if ev.repeats > 1
+            else f"{ev.folds}-fold cross-validation")
+
+
+def _comparison_md(ev: Evaluation) -> list[str]:
+    """The paired comparisons with the reference: verdict sentences, table, how (Markdown lines)."""
+    if ev.comparisons is None or not len(ev.comparisons):
+        return []
+    return (["", f"## Paired comparisons with `{ev.reference}`", ""]
+            + [f"- {line}" for line in compare.sentences(ev.comparisons)]
+            + ["", _markdown(compare.display(ev.comparisons), index=False), "",
+               compare.method_text(ev.comparisons, ev.repeats, ev.folds), "", "![differences](differences.png)"])
+
+
+def _comparison_html(ev: Evaluation) -> list[str]:
+    if ev.comparisons is None or not len(ev.comparisons):
+        return []
+    esc = html.escape
+    return ([f"<h2>Paired comparisons with <code>{esc(ev.reference or '')}</code></h2><ul>"]
+            + [f"<li>{esc(line)}</li>" for line in compare.sentences(ev.comparisons)] + ["</ul>",
+               compare.display(ev.comparisons).to_html(index=False),
+               f"<p>{esc(compare.method_text(ev.comparisons, ev.repeats, ev.folds))}</p>",
+               '<p><img src="differences.png" alt="differences"></p>'])
+
+
+def sensitivity_table(ev: Evaluation) -> pd.DataFrame | None:
+    """Rows ``method [protocol]`` for the declared and every other protocol, same folds; no bold (not a choice)."""
+    if ev.sensitivity is None or not len(ev.sensitivity):
+        return None
+    both = pd.concat([ev.results.assign(readout=ev.readout), ev.sensitivity], ignore_index=True)
+    both["method"] = both["method"] + " [" + both["readout"] + "]"
+    protocols = list(dict.fromkeys(both["readout"]))
+    rows = [f"{m} [{p}]" for m in ev.methods for p in protocols]
+    present = set(both["method"])
+    return table(summarize(both), ev.outcomes, [r for r in rows if r in present], bold=("", ""))
+
+
+def _sensitivity_lead(ev: Evaluation) -> str:
+    others = ", ".join(f"`{r}`" for r in dict.fromkeys(ev.sensitivity["readout"]))
+    return (f"The declared protocol `{ev.readout}` against {others} on the same features and folds: a check of how "
+            f"much the numbers depend on the read-out, never a choice among them.")
+
+
+def _sensitivity_md(ev: Evaluation) -> list[str]:
+    shown = sensitivity_table(ev)
+    if shown is None:
+        return []
+    return ["", "## Read-out sensitivity", "", _sensitivity_lead(ev), "", _markdown(shown)]
+
+
+def _sensitivity_html(ev: Evaluation) -> list[str]:
+    shown = sensitivity_table(ev)
+    if shown is None:
+        return []
+    return ["<h2>Read-out sensitivity</h2>", f"<p>{html.escape(_sensitivity_lead(ev))}</p>",
+            shown.to_html(index_names=False)]
 
 
 def _json_value(value: object) -> object:
@@ -243,8 +324,9 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     banner = (f"Synthetic cohort ({ev.synthetic}): these numbers come from generated images and phenotypes, "
               f"not from patients. They check the pipeline, not the method." if ev.synthetic else None)
     sets = len([m for m in ev.methods if m != CHANCE])
-    lead = (f"Linear read-out of {sets} feature sets beside chance (no features), {ev.folds}-fold "
-            f"cross-validation, mean ± sd over folds, best per column in bold where it beats chance.")
+    lead = (f"Linear read-out of {sets} feature sets beside chance (no features), {_design(ev)}, read-out "
+            f"protocol `{ev.readout}` (declared before the results; others only as a sensitivity check below), "
+            f"mean ± sd over folds, best per column in bold where it beats chance.")
     notes = _notes(ev)
     noise = noise_lines(summary, ev.outcomes, list(ev.methods))
 
@@ -257,6 +339,7 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     md += [NOISE_LEAD, ""] + [f"- {n}" for n in noise] + ["", "## Subjects", "",
            _markdown(_counts_table(ev)), "", "## Methods", ""]
     md += [f"- `{m}`: {desc}" for m, desc in ev.methods.items()]
+    md += _comparison_md(ev) + _sensitivity_md(ev)
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md += ["", "## How", ""] + [f"- {t}" for t in _method_text(ev)]
@@ -276,6 +359,7 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
     body += [f"<p>{esc(lead)}</p>", summary_html, f"<h2>Noise</h2><p>{esc(NOISE_LEAD)}</p><ul>"] + [f"<li>{esc(n)}</li>" for n in noise]
     body += ["</ul>", "<h2>Subjects</h2>", _counts_table(ev).to_html(index_names=False), "<h2>Methods</h2><ul>"]
     body += [f"<li><code>{esc(m)}</code>: {esc(d)}</li>" for m, d in ev.methods.items()] + ["</ul>"]
+    body += _comparison_html(ev) + _sensitivity_html(ev)
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
     body += ["<h2>How</h2><ul>"] + [f"<li>{esc(t)}</li>" for t in _method_text(ev)] + ["</ul>"]
@@ -301,6 +385,13 @@ def write_report(ev: Evaluation, out: Path, plots: list[Path]) -> dict[str, Path
         "methods": ev.methods, "counts": _records(ev.counts), "summary": _records(summary),
         "folds_results": _records(ev.results), "notes": notes, "warnings": ev.warnings,
     }
+    document.update(readout=ev.readout, repeats=ev.repeats, reference=ev.reference,
+                    comparisons=_records(ev.comparisons) if ev.comparisons is not None else [])
+    for name, frame in (("comparisons.csv", ev.comparisons), ("differences.csv", ev.differences),
+                        ("sensitivity.csv", ev.sensitivity)):
+        if frame is not None and len(frame):
+            paths[name] = out / name
+            atomic_write_text(paths[name], frame.to_csv(index=False))
     paths["results.json"] = out / "results.json"
     atomic_write_text(paths["results.json"], json.dumps(document, indent=2) + "\n")
     return paths

@@ -25,6 +25,7 @@ from copd_ifm.context.config import PretrainConfig
 from copd_ifm.context.train import resolve_pretrain_config
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome, parse_outcomes
+from copd_ifm.evaluation.readout import READOUTS
 
 SCALES = ("tiny", "small", "paper")
 STUDY_CONFIG_DIR = cfg_io.CONFIG_DIR / "studies"
@@ -78,6 +79,7 @@ class ShortcutStudy:
     folds: int = 5
     fold_seed: int = 0
     samples_per_dim: int = 10
+    readout: str = "pca-rule"   # read-out protocol (copd_ifm.evaluation.readout); the committed summaries used it
     regions_latent: str = "emphysema"
 
     def validate(self) -> None:
@@ -98,6 +100,8 @@ class ShortcutStudy:
                 raise ValueError(f"unknown latent {name!r} (latents.csv has {', '.join(READABLE_LATENTS)})")
         if self.regions_latent == "site":
             raise ValueError("regions_latent must be a continuous latent, not site")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         if self.folds < 2 or self.samples_per_dim < 1:
             raise ValueError(f"folds must be >= 2 and samples_per_dim >= 1, got {self.folds}, {self.samples_per_dim}")
 

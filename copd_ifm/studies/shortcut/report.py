@@ -25,6 +25,7 @@ import pandas as pd
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.evaluation.cv import chance_folds, cross_validate
+from copd_ifm.evaluation.readout import describe as readout_text
 from copd_ifm.stats import holm, paired_difference
 from copd_ifm.studies.shortcut import plots
 from copd_ifm.studies.shortcut.plan import RunPlan, ShortcutStudy
@@ -64,7 +65,7 @@ def chance_readout(targets: list[Target]) -> pd.DataFrame:
 
 
 def collect_results(out: Path, plans: list[RunPlan], targets: list[Target], density: pd.DataFrame,
-                    samples_per_dim: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    samples_per_dim: int, readout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results table :data:`RESULT_COLUMNS`, one row per finished run's ``result.json``)."""
     frames, runs = [], []
     for plan in plans:
@@ -78,7 +79,8 @@ def collect_results(out: Path, plans: list[RunPlan], targets: list[Target], dens
         frames.append(table.assign(method=plan.method, epsilon=plan.epsilon, tau=plan.tau, seed=plan.seed,
                                    run_id=plan.run_id))
     density_folds = pd.concat([cross_validate({"densitometry": density}, t.y, t.folds, t.outcome,
-                                              samples_per_dim).results for t in targets], ignore_index=True)
+                                              samples_per_dim, readout=readout).results
+                               for t in targets], ignore_index=True)
     for name, per_fold in (("densitometry", density_folds), ("chance", chance_readout(targets))):
         frames.append(_long(per_fold).assign(method=name, epsilon=math.nan, tau=math.nan, seed=math.nan, run_id=""))
     return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS], pd.DataFrame(runs)
@@ -219,8 +221,8 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
              f"pretrain config `{study.pretrain}` with {json.dumps(study.pretrain_overrides)}.",
              *_training_lines(runs),
              f"- Read-out: {study.folds}-fold cross-validation (fold seed {study.fold_seed}), the same folds for every "
-             f"method; OLS (R²) for continuous targets and ordinal logit (accuracy) for ordinal ones, after "
-             f"standardising and PCA to n_train // {study.samples_per_dim} dimensions (`copd_ifm.evaluation.cv`). "
+             f"method, R² for continuous targets and accuracy for ordinal ones; "
+             f"{readout_text(study.readout, study.samples_per_dim)} "
              f"The site is read out as ordinal (its levels are ordered by noise sd).",
              "- Controls on the same folds: densitometry (%LAA-950, Perc15, lung volume from the store index), the "
              "untrained encoder of the same architecture and seed (0 training steps), and chance (training mean: "
@@ -260,7 +262,7 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     from copd_ifm.context.train import open_store
 
     check_report_keeps_runs(out)
-    results, runs = collect_results(out, plans, targets, density, study.samples_per_dim)
+    results, runs = collect_results(out, plans, targets, density, study.samples_per_dim, study.readout)
     files.atomic_write_text(out / "results.csv", results.to_csv(index=False, float_format="%.8g"))
     table = comparisons(results)
     if not table.empty:

@@ -99,13 +99,16 @@ def densitometry_table(cohort: CohortConfig) -> pd.DataFrame:
     return densitometry_features(load_densitometry(cohort), str(cohort.store_path))
 
 
-def read_out(feature_sets: dict[str, pd.DataFrame], targets: list[Target], samples_per_dim: int) -> pd.DataFrame:
+def read_out(feature_sets: dict[str, pd.DataFrame], targets: list[Target], samples_per_dim: int,
+             readout: str) -> pd.DataFrame:
     """Per-fold cross-validated read-out of every target from every feature set (``cv.RESULT_COLUMNS``)."""
-    return pd.concat([cross_validate(feature_sets, t.y, t.folds, t.outcome, samples_per_dim).results
+    return pd.concat([cross_validate(feature_sets, t.y, t.folds, t.outcome, samples_per_dim,
+                                     readout=readout).results
                       for t in targets], ignore_index=True)
 
 
-def regional_readout(nodes: np.ndarray, sids: list[str], target: Target, samples_per_dim: int) -> pd.DataFrame:
+def regional_readout(nodes: np.ndarray, sids: list[str], target: Target, samples_per_dim: int,
+                     readout: str) -> pd.DataFrame:
     """Per-landmark CV R² of ``target`` from that landmark's node embedding.
 
     ``nodes``: ``[n_subjects, L, F]`` in the order of ``sids``. Returns columns
@@ -114,7 +117,8 @@ def regional_readout(nodes: np.ndarray, sids: list[str], target: Target, samples
     rows = []
     for landmark in range(nodes.shape[1]):
         frame = pd.DataFrame(nodes[:, landmark, :].astype(np.float64), index=sids)
-        r2 = cross_validate({"node": frame}, target.y, target.folds, target.outcome, samples_per_dim).results["r2"]
+        r2 = cross_validate({"node": frame}, target.y, target.folds, target.outcome, samples_per_dim,
+                            readout=readout).results["r2"]
         rows.append({"landmark": landmark, "r2": r2.mean(), "r2_sd": r2.std()})
     return pd.DataFrame(rows)
 
@@ -153,12 +157,12 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     if not (run_dir / FEATURES_FILE).is_file() or not nodes_path.is_file():
         extract_features(run_dir, cohort, device=device, workers=cfg.workers, nodes_out=nodes_path)
     sets = {name.rsplit("/", 1)[-1]: frame for name, frame in read_feature_sets(run_dir).items()}
-    readout = read_out(sets, targets, study.samples_per_dim)
+    readout = read_out(sets, targets, study.samples_per_dim, study.readout)
     files.atomic_write_text(run_dir / "readout.csv", readout.to_csv(index=False))
     if regional:
         region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
         regions = regional_readout(np.load(nodes_path), list(sets["graph"].index), region_target,
-                                   study.samples_per_dim)
+                                   study.samples_per_dim, study.readout)
         files.atomic_write_text(run_dir / "regions.csv", regions.to_csv(index=False))
     result = {"run_id": plan.run_id, "method": plan.method, "epsilon": plan.epsilon, "tau": plan.tau,
               "seed": plan.seed, **_final_losses(run_dir, cfg), "wall_s": round(time.time() - started, 1)}
