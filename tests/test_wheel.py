@@ -69,7 +69,7 @@ def _fresh_venv(path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+                          check=True, capture_output=True, text=True, encoding="utf-8").stdout.strip()
     Path(site, "_deps_of_test_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     return Path(site)
 
@@ -90,7 +90,7 @@ def test_wheel_runs_outside_the_checkout(tmp_path):
     env.update(OMP_NUM_THREADS="1", COPD_IFM_HOME=str(work / "home"))
 
     def run(*argv: str) -> str:
-        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
         assert done.returncode == 0, f"{' '.join(argv)}\n{done.stderr[-3000:]}"
         return done.stdout
 
