@@ -48,8 +48,9 @@ def run_demo(out: str | Path = "outputs/demo", quick: bool = False, cohort_spec:
     untrained = out / "runs" / f"{cohort.name}-untrained"  # the baseline's initial weights: was anything learned?
     if not Checkpointer(untrained).exists():
         save_untrained(cohort, resolve_pretrain_config("baseline", cohort), untrained)
-    for run in [untrained] + [_pretrain_once(cohort, config, out / "runs" / f"{cohort.name}-{config}{suffix}",
-                                             overrides) for config in ("baseline", "ifm")]:
+    # the baseline first: evaluate compares every other feature set with the first one
+    for run in [_pretrain_once(cohort, config, out / "runs" / f"{cohort.name}-{config}{suffix}", overrides)
+                for config in ("baseline", "ifm")] + [untrained]:
         if not (run / FEATURES_FILE).is_file():
             extract_features(run)
         runs.append(str(run))

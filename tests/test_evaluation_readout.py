@@ -191,3 +191,17 @@ def test_test_fold_outcome_planted_in_a_feature_is_not_learned(name):
         split = pd.Series(np.where(test, 0, 1), index=sids)
         res = cv.cross_validate({"m": pd.DataFrame(planted, index=sids)}, y, split, FEV, readout=name).results
         assert res.set_index("fold").loc[0, "r2"] < 0.5
+
+
+def test_penalised_ordered_logit_fits_more_features_than_subjects():
+    """n ≤ p: the columns span the constant. statsmodels refuses that as an implicit constant; with the L2
+    penalty the fit is identified and must go through (an untrained encoder's 128 features on ~38 subjects)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 40))
+    y = np.repeat([0.0, 1.0, 2.0, 3.0], 5)
+    with pytest.raises(ValueError, match="constant"):
+        OrderedLogit(y, x)                                   # unpenalised: still checked
+    model = readout.PenalisedOrderedLogit(alpha=10.0).fit(x, y)
+    assert model.converged_ and np.isfinite(model.params_).all()
+    prob = model.predict_proba(x)
+    assert prob.shape == (20, 4) and np.allclose(prob.sum(1), 1.0)

@@ -18,7 +18,10 @@ class OrderedLogit(OrderedModel):
     """
 
     def __init__(self, endog: np.ndarray, exog: np.ndarray, penalty: float = 0.0) -> None:
-        super().__init__(endog, exog, distr="logit")
+        # With at least as many features as subjects the columns span the constant, which statsmodels takes for
+        # an implicit constant and refuses; the penalty keeps that fit identified, so only unpenalised fits are
+        # checked (constant columns are dropped before either).
+        super().__init__(endog, exog, distr="logit", **({"hasconst": False} if penalty > 0 else {}))
         self.penalty = float(penalty)
 
     def loglike(self, params: np.ndarray) -> float:
