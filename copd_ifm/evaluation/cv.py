@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import KFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import Outcome
@@ -139,7 +140,10 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
         x = frame.loc[sids].to_numpy(dtype=np.float64)
         for k in range(int(fold_of.max()) + 1):
             test = fold_of == k
-            row, pred = _fold(x, target, ~test, outcome, samples_per_dim, readout)
+            # one BLAS thread: these matrices are small, and threaded BLAS on them ran up to 7x slower
+            # (benchmarks/RESULTS.md, "Read-out on one BLAS thread")
+            with threadpool_limits(limits=1, user_api="blas"):
+                row, pred = _fold(x, target, ~test, outcome, samples_per_dim, readout)
             rows.append({"method": method, "outcome": outcome.name, "kind": outcome.kind, "fold": k, **row})
             preds.append(pd.DataFrame({"method": method, "outcome": outcome.name, "sid": sids[test], "fold": k,
                                        "observed": target[test], "predicted": pred}))
