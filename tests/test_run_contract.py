@@ -205,3 +205,18 @@ def test_adco_without_its_own_config_takes_the_datasets_moco_config():
     assert default_config_name("cifar10", "adco") == "cifar10_adco"
     assert default_config_name("trifeature", "adco") == "trifeature_moco"
     assert default_config_name("folder", "adco") == "folder_moco"
+
+
+def test_both_pretrain_commands_send_a_resume_without_a_run_folder_to_the_same_line(tmp_path, capsys):
+    from copd_ifm.cli import main
+
+    assert main(["pretrain", "--resume"]) == 2
+    assert "--resume continues --out RUN_DIR with its saved config.yaml: give --out" in capsys.readouterr().err
+    assert main(["vision", "pretrain", "--extend"]) == 2
+    assert "--resume continues --out RUN_DIR with its saved config.yaml: give --out" in capsys.readouterr().err
+    assert main(["vision", "pretrain", "--resume", "--out", str(tmp_path), "--config", "cpu_tiny"]) == 2
+    assert "drop --config" in capsys.readouterr().err
+    for argv in (["pretrain", "--resume", "--out", str(tmp_path)], ["vision", "pretrain", "--resume", "--out",
+                                                                   str(tmp_path)]):
+        assert main(argv) == 2
+        assert f"{tmp_path / 'config.yaml'} not found; is --out a run folder" in capsys.readouterr().err
