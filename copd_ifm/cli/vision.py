@@ -5,7 +5,6 @@ import argparse
 import logging
 
 from copd_ifm.cli.args import add_extend, add_ifm_only, add_set, common, fmt, overrides, shard, workers
-from copd_ifm.errors import UserError
 
 log = logging.getLogger("copd_ifm")
 
