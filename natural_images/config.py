@@ -205,7 +205,8 @@ def config_path(name: str) -> Path:
 
 
 def default_config_name(dataset: str | None, method: str | None) -> str:
-    """``DATASET_METHOD`` (default cifar10, simclr): the config ``vision pretrain`` uses without ``--config``.
+    """``DATASET_METHOD`` (default cifar10, simclr): the config ``vision pretrain`` uses without ``--config``;
+    ``adco`` without an AdCo config of its own takes the dataset's MoCo config (``--method adco`` overrides it).
 
     An unknown dataset, or a known one without a config for ``method``, is a one-line UserError.
     """
@@ -214,6 +215,8 @@ def default_config_name(dataset: str | None, method: str | None) -> str:
     dataset, method = dataset or "cifar10", method or "simclr"
     dataset_spec(dataset)
     name = f"{dataset}_{method}"
+    if method == "adco" and not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
+        name = f"{dataset}_moco"  # AdCo is MoCo-v2 with a learnt bank: the dataset's MoCo settings, adco: defaults
     if not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
         have = sorted(p.stem.removeprefix(f"{dataset}_") for p in VISION_CONFIG_DIR.glob(f"{dataset}_*.yaml"))
         raise UserError(f"--dataset {dataset} --method {method}: no default config {name}.yaml in "

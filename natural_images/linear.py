@@ -204,11 +204,8 @@ def linear_readout(run_dir: str | Path, dataset: str | None = None, linear: Line
     ``RUN/linear.csv`` (per epoch), ``RUN/linear.png`` and a ``linear`` entry in
     ``RUN/summary.json``; returns this dataset's result.
     """
-    info = D.init_from_env(device)
-    try:
+    with D.session(device) as info:
         return _readout(Path(run_dir), dataset, linear, info, data_root, download, workers)
-    finally:
-        D.cleanup()
 
 
 def _readout(run_dir: Path, dataset: str | None, linear: LinearConfig | None, info: D.DistInfo,

@@ -97,11 +97,9 @@ def robust_features(run_dir: str | Path, fgsm_eps: float = 0.01, max_steps: int 
     """The Sec. 4.3 experiment on a vision run (see module doc); returns the ``robust.json`` content."""
     if fgsm_eps <= 0 or max_steps < 1:
         raise UserError(f"--fgsm-eps must be > 0 and --max-steps >= 1, got {fgsm_eps} and {max_steps}")
-    dev = D.init_from_env(device).device
-    try:
-        return _robust(Path(run_dir), fgsm_eps, max_steps, Path(out) if out else Path(run_dir) / "robust", dev, seed)
-    finally:
-        D.cleanup()
+    with D.session(device) as info:
+        return _robust(Path(run_dir), fgsm_eps, max_steps, Path(out) if out else Path(run_dir) / "robust",
+                       info.device, seed)
 
 
 def _robust(run_dir: Path, fgsm_eps: float, max_steps: int, folder: Path, dev: torch.device,

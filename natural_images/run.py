@@ -20,6 +20,7 @@ from torch import nn
 from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.contrastive.checkpoint import Checkpointer
+from copd_ifm.contrastive.rundir import EPSILON_KEY, OLD_EPSILON_KEYS
 from copd_ifm.errors import UserError
 from natural_images.config import VisionConfig
 from natural_images.datasets import image_sizes
@@ -75,8 +76,13 @@ def rounded(value: Any, digits: int = SUMMARY_DIGITS) -> Any:
 
 
 def update_summary(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``RUN/summary.json`` (atomically, floats to 6 significant digits) and return it."""
-    summary = rounded({**read_summary(run_dir), **fields})
+    """Merge ``fields`` into ``RUN/summary.json`` (atomically, floats to 6 significant digits) and return it.
+
+    A summary of an older run folder loses its old ε key once ``loss.epsilon`` is written."""
+    old = read_summary(run_dir)
+    if EPSILON_KEY in fields:
+        old = {k: v for k, v in old.items() if k not in OLD_EPSILON_KEYS}
+    summary = rounded({**old, **fields})
     files.atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

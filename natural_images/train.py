@@ -29,9 +29,9 @@ from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.contrastive import ContrastiveLoss
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.checkpoint import prepare_run_dir
 from copd_ifm.contrastive.loop import Phase, StepOutput, fit
 from copd_ifm.contrastive.optim import build_optimizer, build_scheduler
+from copd_ifm.contrastive.rundir import RunContract, start_run, summary_fields
 from copd_ifm.contrastive.runtime import loader_workers, seed_everything, setup_backends
 from copd_ifm.errors import UserError
 from natural_images.augment import TwoViews, eval_transform, train_transform
@@ -44,8 +44,9 @@ from natural_images.methods import AdCo, adco_fill_bank, adco_negative_step, bui
 from natural_images.plots import plot_pretrain
 from natural_images.run import read_summary, update_summary
 
-# Fields that may change between a run and its --resume (where the data is, how it is loaded).
-RUNTIME_FIELDS = ("data.root", "data.workers", "data.download")
+#: ``RUN/config.yaml`` of a vision run: on ``--resume`` only where the data is and how it is loaded may change
+#: (``epochs`` upwards with ``--extend``).
+CONTRACT = RunContract(VisionConfig, runtime=("data.root", "data.workers", "data.download"), epochs="epochs")
 
 
 def pretrain(config: VisionConfig, run_dir: str | Path, resume: bool = False, device: str = "auto",
@@ -56,11 +57,8 @@ def pretrain(config: VisionConfig, run_dir: str | Path, resume: bool = False, de
     ``extend`` lets a resumed run take more ``epochs`` than it was started with
     (the cosine schedule is recomputed over the new length).
     """
-    info = D.init_from_env(device)
-    try:
+    with D.session(device) as info:
         return _pretrain(config, Path(run_dir), resume, extend, info)
-    finally:
-        D.cleanup()
 
 
 def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, info: D.DistInfo) -> dict[str, Any]:
@@ -85,8 +83,7 @@ def _pretrain(config: VisionConfig, run_dir: Path, resume: bool, extend: bool, i
     if steps_per_epoch == 0:
         raise UserError(f"{config.data.dataset}: {len(train_set)} pretraining images are fewer than one batch "
                         f"({config.batch_size}); lower --batch-size")
-    run_dir = prepare_run_dir(run_dir, resume)
-    _save_or_check_config(config, run_dir, resume, extend)
+    run_dir = start_run(run_dir, config, CONTRACT, resume, extend)
     setup_backends(dev)
     cuda = dev.type == "cuda"
     amp, channels_last = config.amp and cuda, config.channels_last and cuda
@@ -192,21 +189,6 @@ def _knn_monitor(encoder: nn.Module, bank_set: Any, test_set: Any, config: Visio
             for col, name in enumerate(label_names(test_set))}
 
 
-def _save_or_check_config(config: VisionConfig, run_dir: Path, resume: bool, extend: bool) -> None:
-    """Write ``RUN/config.yaml``; on resume, refuse a config that differs beyond :data:`RUNTIME_FIELDS`
-    (and ``epochs``, upwards only, with ``extend``)."""
-    path = run_dir / "config.yaml"
-    if resume and path.is_file():
-        saved = cfg.load(VisionConfig, path)
-        cfg.check_resume(cfg.to_dict(saved), cfg.to_dict(config), RUNTIME_FIELDS + (("epochs",) if extend else ()),
-                         str(path))
-        if config.epochs < saved.epochs:
-            raise UserError(f"--extend: --epochs {config.epochs} is fewer than the run's {saved.epochs}; "
-                            f"give more epochs")
-    if D.is_main():
-        cfg.save_resolved(config, path)
-
-
 def _write_epoch_outputs(run_dir: Path, config: VisionConfig, history: list[dict[str, Any]], world: int,
                          dev: torch.device, wall_s: float) -> None:
     """``epochs.csv`` and ``summary.json`` every epoch; ``curves.png`` after the last (TensorBoard is the live view)."""
@@ -224,11 +206,9 @@ def _write_epoch_outputs(run_dir: Path, config: VisionConfig, history: list[dict
                "best_knn_top1": {names[c]: float(evaluated[c].max()) for c in cols}}
     last = history[-1]
     update_summary(
-        run_dir, dataset=config.data.dataset, method=config.method, arch=config.model.arch,
-        ifm_eps=config.loss.epsilon, ifm_alpha=config.loss.alpha, temperature=config.loss.temperature,
-        hcl_beta=config.loss.hcl_beta, tau_plus=config.loss.tau_plus, batch_size=config.batch_size,
-        epochs=config.epochs, epochs_done=last["epoch"],
-        status="done" if last["epoch"] == config.epochs else "running",
-        loss=last["loss"], images_per_s=last["images_per_s"], world_size=world, device=str(dev),
-        config_hash=cfg.config_hash(config), wall_s_this_session=round(wall_s, 1), **knn)
+        run_dir, **summary_fields(config, config.loss.epsilon, config.epochs, last["epoch"], world, dev),
+        dataset=config.data.dataset, method=config.method, arch=config.model.arch, ifm_alpha=config.loss.alpha,
+        temperature=config.loss.temperature, hcl_beta=config.loss.hcl_beta, tau_plus=config.loss.tau_plus,
+        batch_size=config.batch_size, status="done" if last["epoch"] == config.epochs else "running",
+        loss=last["loss"], images_per_s=last["images_per_s"], wall_s_this_session=round(wall_s, 1), **knn)
 

@@ -64,11 +64,8 @@ def visualize_ifm(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0), a
     if anchors < 1:
         raise UserError(f"--anchors must be >= 1, got {anchors}")
     eps = with_zero(eps)
-    dev = D.init_from_env(device).device
-    try:
-        return _visualize(Path(run_dir), eps, anchors, Path(out) if out else Path(run_dir) / "ifm", dev, seed)
-    finally:
-        D.cleanup()
+    with D.session(device) as info:
+        return _visualize(Path(run_dir), eps, anchors, Path(out) if out else Path(run_dir) / "ifm", info.device, seed)
 
 
 def _visualize(run_dir: Path, eps: list[float], anchors: int, folder: Path, dev: torch.device,

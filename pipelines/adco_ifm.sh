@@ -40,11 +40,12 @@ for method in ${METHODS:-moco adco}; do
 done
 "$BIN/python" - "${runs[@]}" <<'PY'
 import json, sys
+from copd_ifm.contrastive.rundir import recorded_epsilon
 print("| run | method | ε | linear top-1 % | read-out |")
 print("|---|---|---|---|---|")
 for run in sys.argv[1:]:
     s = json.load(open(f"{run}/summary.json", encoding="utf-8"))
     top1 = [f"{v:.2f}" for per_label in s["linear"].values() for v in per_label.values()]
-    print(f"| {run} | {s['method']} | {s['ifm_eps']:g} | {', '.join(top1)} | "
+    print(f"| {run} | {s['method']} | {recorded_epsilon(s):g} | {', '.join(top1)} | "
           f"{'; '.join(s['linear_readout'].values())} |")
 PY

@@ -65,11 +65,11 @@ _PRETRAIN_FLAGS = {"ifm_eps": "loss.epsilon", "ifm_alpha": "loss.alpha", "ifm_on
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
 
     from copd_ifm import config as cfg_io
     from copd_ifm.cohort.config import CohortConfig, resolve_cohort
     from copd_ifm.context.config import PretrainConfig
+    from copd_ifm.contrastive.rundir import resume_source
     from copd_ifm.context.train import pretrain, read_run_config, resolve_pretrain_config, save_untrained
 
     cohort_sets, sets = cfg_io.split_prefix(overrides(args, _PRETRAIN_FLAGS), "cohort")
@@ -79,13 +79,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise UserError(f"--set {misplaced[0]}=…: {misplaced[0].split('.', 1)[0]} is a cohort field; pretrain "
                         f"takes cohort fields with the prefix cohort. (--set cohort.{misplaced[0]}=…)")
     if args.resume or args.extend:
-        if not args.out:
-            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out")
+        source = resume_source(args.out)
         cohort, saved = read_run_config(args.out)
         if cohort_sets:
             raise UserError(f"--resume: the cohort of {args.out} is fixed; drop --set cohort.{next(iter(cohort_sets))}")
-        cfg = cfg_io.from_dict(PretrainConfig, cfg_io.apply_overrides(cfg_io.to_dict(saved), sets),
-                               str(Path(args.out) / "config.yaml"))
+        cfg = cfg_io.from_dict(PretrainConfig, cfg_io.apply_overrides(cfg_io.to_dict(saved), sets), str(source))
     else:
         cohort = resolve_cohort(args.cohort, cohort_sets)
         cfg = resolve_pretrain_config(args.config, cohort, sets)

@@ -5,7 +5,6 @@ import argparse
 import logging
 
 from copd_ifm.cli.args import add_extend, add_ifm_only, add_set, common, fmt, overrides, shard, workers
-from copd_ifm.errors import UserError
 
 log = logging.getLogger("copd_ifm")
 
@@ -24,17 +23,14 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from copd_ifm.contrastive.rundir import resume_source
     from natural_images.config import config_path, default_config_name, load_vision_config
     from natural_images.run import default_run_dir
     from natural_images.train import pretrain
 
     resume = args.resume or args.extend
     if resume:
-        if not args.out or args.config:
-            raise UserError("--resume continues --out RUN_DIR with its saved config.yaml: give --out, drop --config")
-        name = str(Path(args.out) / "config.yaml")
-        if not Path(name).is_file():
-            raise UserError(f"--resume: {name} not found; is --out a vision run folder?")
+        name = str(resume_source(args.out, args.config))
     else:
         name = str(config_path(args.config or default_config_name(args.dataset, args.method)))
     config = load_vision_config(name, overrides=overrides(args, _VISION_FLAGS))
@@ -192,7 +188,8 @@ def add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["simclr", "moco", "adco"], default=None,
                    help="contrastive method (adco: learnable negatives, settings in the adco: section); unset: simclr")
     p.add_argument("--config", default=None,
-                   help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr")
+                   help="name in configs/vision or YAML path; unset: DATASET_METHOD, e.g. cifar10_simclr "
+                        "(adco without DATASET_adco: DATASET_moco)")
     p.add_argument("--arch", default=None, help="torchvision ResNet: resnet18, resnet50, ...")
     p.add_argument("--width", type=float, default=None,
                    help="channel multiplier of the ResNet (0.25: 16 base channels, ~1/16 of the compute)")

@@ -114,14 +114,16 @@ class ScheduleConfig:
 class PretrainConfig:
     """Everything a pretraining run needs besides the cohort."""
 
-    name: str = "ifm"
+    name: str = "pretrain"
     seed: int = 0
     device: str = "auto"
     amp: bool = True                # float16 autocast on CUDA
     workers: int = 2                # data-loading processes
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MoCoSettings = field(default_factory=MoCoSettings)
-    loss: LossConfig = field(default_factory=lambda: LossConfig(temperature=0.2, epsilon=0.1))
+    # ε defaults to 0 (the baseline) here as in every config class; IFM is chosen by the config (ifm*.yaml) or
+    # --ifm-eps, never by an omitted field.
+    loss: LossConfig = field(default_factory=lambda: LossConfig(temperature=0.2))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

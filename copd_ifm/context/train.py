@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from copd_ifm import config as cfg_io
 from copd_ifm import files
@@ -24,8 +23,9 @@ from copd_ifm.context.model import ContextModel
 from copd_ifm.context.steps import ContextSteps
 from copd_ifm.contrastive import ContrastiveLoss
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.checkpoint import Checkpointer, prepare_run_dir
+from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.contrastive.loop import fit
+from copd_ifm.contrastive.rundir import CONFIG_FILE, RunContract, start_run, summary_fields, write_config
 from copd_ifm.contrastive.runtime import seed_everything, setup_backends
 from copd_ifm.ct.store import PatchStore
 from copd_ifm.errors import UserError
@@ -50,15 +50,14 @@ def open_store(cohort: CohortConfig) -> PatchStore:
     return store
 
 
-def write_run_config(run_dir: Path, cohort: CohortConfig, cfg: PretrainConfig) -> None:
+def run_document(cohort: CohortConfig, cfg: PretrainConfig) -> dict[str, Any]:
     """``RUN/config.yaml``: the resolved cohort and pretrain configs, with the pretrain config's hash."""
-    doc = {"pretrain": cfg_io.to_dict(cfg), "cohort": cfg_io.to_dict(cohort), "config_hash": cfg_io.config_hash(cfg)}
-    files.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+    return {"pretrain": cfg_io.to_dict(cfg), "cohort": cfg_io.to_dict(cohort), "config_hash": cfg_io.config_hash(cfg)}
 
 
 def read_run_config(run_dir: str | Path) -> tuple[CohortConfig, PretrainConfig]:
-    """Inverse of :func:`write_run_config`."""
-    path = Path(run_dir) / "config.yaml"
+    """The cohort and pretrain configs of :func:`run_document` saved in a run folder."""
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{run_dir}: not a pretrain run folder (no config.yaml); give the --out of `copd-ifm pretrain`")
     doc = cfg_io.read_yaml(path)
@@ -81,18 +80,10 @@ def _check_cohort_size(store: PatchStore, world: int, cohort: CohortConfig) -> N
                         f"(2 per process); add subjects or fix the failures in failures.csv")
 
 
-#: Pretrain fields that may differ between a run and its ``--resume`` (where and how fast it runs).
-RUNTIME_FIELDS = ("device", "workers", "log_every")
-
-
-def check_resume_config(run_dir: Path, cfg: PretrainConfig, extend: bool) -> None:
-    """Refuse to resume ``run_dir`` with a config other than its saved one (``schedule.epochs`` only with ``extend``)."""
-    saved = cfg_io.read_yaml(run_dir / "config.yaml")["pretrain"]
-    may_change = RUNTIME_FIELDS + (("schedule.epochs",) if extend else ())
-    cfg_io.check_resume(saved, cfg_io.to_dict(cfg), may_change, str(run_dir / "config.yaml"))
-    if extend and cfg.schedule.epochs < saved["schedule"]["epochs"]:
-        raise UserError(f"--extend: --epochs {cfg.schedule.epochs} is fewer than the run's "
-                        f"{saved['schedule']['epochs']}; give more epochs")
+#: ``RUN/config.yaml`` of a CT run: the pretrain section may change only where and how fast it runs
+#: (``schedule.epochs`` upwards with ``--extend``).
+CONTRACT = RunContract(PretrainConfig, runtime=("device", "workers", "log_every"), epochs="schedule.epochs",
+                       section="pretrain")
 
 
 def pretrain(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path, resume: bool = False,
@@ -104,21 +95,18 @@ def pretrain(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Path, res
     schedules are recomputed over the new length, so the learning rate continues
     from the longer schedule's value at that step, not from the shorter one's).
     """
-    info = D.init_from_env(cfg.device)
-    setup_backends(info.device)
-    store = open_store(cohort)
-    _check_cohort_size(store, info.world_size, cohort)
-    run_dir = prepare_run_dir(run_dir, resume)
-    if resume:
-        check_resume_config(run_dir, cfg, extend)
-    if info.is_main:
-        write_run_config(run_dir, cohort, cfg)
-    model = build_model(cfg, store).to(info.device)
-    if not resume:
-        seed_everything(cfg.seed + info.rank)  # same weights everywhere, different augmentations per rank
-    phases = ContextSteps(model, store, cfg, info).phases()
-    fit(model, phases, ContrastiveLoss.from_config(cfg.loss), run_dir, cfg.schedule.epochs, info.device, amp=cfg.amp,
-        resume=resume, config=cfg_io.to_dict(cfg), report=lambda history: _write_summary(run_dir, cfg, history, info))
+    with D.session(cfg.device) as info:
+        setup_backends(info.device)
+        store = open_store(cohort)
+        _check_cohort_size(store, info.world_size, cohort)
+        run_dir = start_run(run_dir, cfg, CONTRACT, resume, extend, document=run_document(cohort, cfg))
+        model = build_model(cfg, store).to(info.device)
+        if not resume:
+            seed_everything(cfg.seed + info.rank)  # same weights everywhere, different augmentations per rank
+        phases = ContextSteps(model, store, cfg, info).phases()
+        fit(model, phases, ContrastiveLoss.from_config(cfg.loss), run_dir, cfg.schedule.epochs, info.device,
+            amp=cfg.amp, resume=resume, config=cfg_io.to_dict(cfg),
+            report=lambda history: _write_summary(run_dir, cfg, history, info))
     return run_dir
 
 
@@ -128,15 +116,14 @@ def save_untrained(cohort: CohortConfig, cfg: PretrainConfig, run_dir: str | Pat
     run_dir = Path(run_dir)
     model = build_model(cfg, open_store(cohort))
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, cohort, cfg)
+    write_config(run_dir, run_document(cohort, cfg))
     Checkpointer(run_dir).save({"epoch": 0, "step": 0, "model": model.state_dict(), "config": cfg_io.to_dict(cfg)})
     return run_dir
 
 
 def _write_summary(run_dir: Path, cfg: PretrainConfig, history: list[dict[str, Any]], info: D.DistInfo) -> None:
-    summary = {"run": run_dir.name, "epochs": cfg.schedule.epochs, "epochs_done": history[-1]["epoch"],
-               "ifm_epsilon": cfg.loss.epsilon, "config_hash": cfg_io.config_hash(cfg), "history": history,
-               "world_size": info.world_size, "device": str(info.device)}
+    summary = {"run": run_dir.name, **summary_fields(cfg, cfg.loss.epsilon, cfg.schedule.epochs, history[-1]["epoch"],
+                                                     info.world_size, info.device), "history": history}
     files.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
 
 

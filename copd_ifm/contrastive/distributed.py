@@ -6,8 +6,9 @@ initialised: world size 1, rank 0, gathers return their input.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -128,6 +129,23 @@ def print0(*args: object, **kwargs: object) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str = "auto") -> Iterator[DistInfo]:
+    """``with session(device) as info:`` the process group of :func:`init_from_env` for the block, torn down
+    on every exit (return, error, interrupt) so that a failed command never leaves a group or a port behind.
+
+    A group that was already up when the block began is its opener's: it is left standing, so a command
+    called from inside another (a study's pretrain, then its read-out) does not end its caller's group.
+    """
+    opened = not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(device)
+    try:
+        yield info
+    finally:
+        if opened:
+            cleanup()
 
 
 #: Buffers that every rank keeps identical by construction (MoCo queues are filled with gathered keys, AdCo's

@@ -33,7 +33,8 @@ from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.context.data import SubjectDataset, loader
 from copd_ifm.context.model import SubjectEncoder
 from copd_ifm.context.train import load_trained, open_store
-from copd_ifm.contrastive.distributed import init_from_env
+from copd_ifm.contrastive.distributed import session
+from copd_ifm.contrastive.rundir import EPSILON_KEY
 from copd_ifm.ct.preprocess import store_settings
 from copd_ifm.ct.store import PatchStore
 from copd_ifm.errors import UserError
@@ -49,20 +50,20 @@ def extract_features(run_dir: str | Path, cohort: CohortConfig | None = None, ou
     ``nodes_out``: also save the node embeddings ``[n_subjects, L, F]`` (float16 ``.npy``) there.
     """
     run_dir = Path(run_dir)
-    dev = init_from_env(device).device
-    model, run_cohort, cfg = load_trained(run_dir, dev)
-    cohort = cohort or run_cohort
-    store = open_store(cohort)
-    if store.patch_size != run_cohort.patch_size or store.n_landmarks != model.n_landmarks:
-        raise UserError(f"{cohort.store_path}: store has {store.n_landmarks} landmarks of {store.patch_size}³ but "
-                        f"run {run_dir} was trained on {model.n_landmarks} of {run_cohort.patch_size}³; "
-                        f"preprocess the cohort with the run's patch settings (copd-ifm preprocess --set "
-                        f"patch_size={run_cohort.patch_size} --set spacing_mm={run_cohort.spacing_mm:g})")
-    table = embed_store(model.subject_encoder(), store, cfg.graph == "subject", cohort, workers, nodes_out,
-                        desc=f"extract {run_dir.name}")
+    with session(device) as info:
+        model, run_cohort, cfg = load_trained(run_dir, info.device)
+        cohort = cohort or run_cohort
+        store = open_store(cohort)
+        if store.patch_size != run_cohort.patch_size or store.n_landmarks != model.n_landmarks:
+            raise UserError(f"{cohort.store_path}: store has {store.n_landmarks} landmarks of {store.patch_size}³ "
+                            f"but run {run_dir} was trained on {model.n_landmarks} of {run_cohort.patch_size}³; "
+                            f"preprocess the cohort with the run's patch settings (copd-ifm preprocess --set "
+                            f"patch_size={run_cohort.patch_size} --set spacing_mm={run_cohort.spacing_mm:g})")
+        table = embed_store(model.subject_encoder(), store, cfg.graph == "subject", cohort, workers, nodes_out,
+                            desc=f"extract {run_dir.name}")
     out = Path(out) if out else run_dir / FEATURES_FILE
     meta = {"run": run_dir.name, "config_hash": cfg_io.config_hash(cfg), "cohort": cohort.name,
-            "ifm_epsilon": cfg.loss.epsilon, "store": str(cohort.store_path)}
+            EPSILON_KEY: cfg.loss.epsilon, "store": str(cohort.store_path)}
     return write_features(out, table, meta)
 
 
@@ -130,19 +131,20 @@ def extract_with_encoder(folder: str | Path, cohort: CohortConfig, out: str | Pa
     from copd_ifm.ct.preprocess import preprocess_cohort
 
     folder = Path(folder)
-    dev = init_from_env(device).device
-    encoder, spec = load_encoder(folder, dev)
-    if spec["kind"] != "ct-context":
-        raise UserError(f"--encoder {folder}: a {spec['kind']} encoder; CT extract needs one exported from a CT run")
-    cohort = encoder_cohort(cohort, spec, store)
-    _check_store_settings(cohort, folder)
-    patch_store = preprocess_cohort(cohort, workers=workers)
-    if len(patch_store.failures):
-        log.warning("%d subject(s) of %r failed preprocessing and have no features (%s)", len(patch_store.failures),
-                    cohort.name, patch_store.path / "failures.csv")
-    table = embed_store(encoder, patch_store, spec["graph"] == "subject", cohort, workers)
+    with session(device) as info:
+        encoder, spec = load_encoder(folder, info.device)
+        if spec["kind"] != "ct-context":
+            raise UserError(f"--encoder {folder}: a {spec['kind']} encoder; CT extract needs one exported from a "
+                            f"CT run")
+        cohort = encoder_cohort(cohort, spec, store)
+        _check_store_settings(cohort, folder)
+        patch_store = preprocess_cohort(cohort, workers=workers)
+        if len(patch_store.failures):
+            log.warning("%d subject(s) of %r failed preprocessing and have no features (%s)",
+                        len(patch_store.failures), cohort.name, patch_store.path / "failures.csv")
+        table = embed_store(encoder, patch_store, spec["graph"] == "subject", cohort, workers)
     run = spec["run"]
     out = Path(out) if out else Path(f"{cohort.name}-{run['name']}-features.parquet")
     meta = {"run": run["name"], "config_hash": run["config_hash"], "encoder": str(folder.resolve()),
-            "cohort": cohort.name, "ifm_epsilon": spec["loss"]["epsilon"], "store": str(cohort.store_path)}
+            "cohort": cohort.name, EPSILON_KEY: spec["loss"]["epsilon"], "store": str(cohort.store_path)}
     return write_features(out, table, meta)

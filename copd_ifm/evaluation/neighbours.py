@@ -29,7 +29,7 @@ from torch import Tensor
 
 from copd_ifm import config as cfg_io
 from copd_ifm import files
-from copd_ifm.contrastive.distributed import init_from_env
+from copd_ifm.contrastive.distributed import session
 from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, with_zero
 from copd_ifm.errors import UserError
 
@@ -82,14 +82,19 @@ def ct_ifm_neighbours(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0
     ``out`` defaults to ``RUN/ifm``; ``anchors`` evenly spaced subjects of the
     run's store; returns the JSON content (bank indices and subject ids).
     """
+    if anchors < 1:
+        raise UserError(f"--anchors must be >= 1, got {anchors}")
+    with session(device) as info:
+        return _ct_ifm_neighbours(Path(run_dir), with_zero(eps), anchors, Path(out) if out else Path(run_dir) / "ifm",
+                                  info.device, seed)
+
+
+def _ct_ifm_neighbours(run_dir: Path, eps: list[float], anchors: int, folder: Path, dev: torch.device,
+                       seed: int) -> dict[str, Any]:
     from copd_ifm.context.augment import PatchAugment
     from copd_ifm.context.data import SubjectDataset
     from copd_ifm.context.train import load_trained, open_store
 
-    if anchors < 1:
-        raise UserError(f"--anchors must be >= 1, got {anchors}")
-    eps = with_zero(eps)
-    dev = init_from_env(device).device
     model, cohort, cfg = load_trained(run_dir, dev)
     store = open_store(cohort)
     subjects = SubjectDataset(store)
@@ -110,7 +115,6 @@ def ct_ifm_neighbours(run_dir: str | Path, eps: Sequence[float] = (0.1, 0.2, 1.0
               "bank_size": n, "eps": eps, "landmark": landmark, "anchor_index": index.tolist(),
               "negative_index": others.tolist(), "anchor_sid": [store.sids[int(i)] for i in index],
               **{k: v.tolist() for k, v in found.items()}}
-    folder = Path(out) if out else Path(run_dir) / "ifm"
     files.atomic_write_text(folder / "ifm_neighbours.json", json.dumps(result, indent=2) + "\n")
     mid = store.patch_size // 2
     plot_neighbour_grid([v[landmark, 0, mid].cpu().numpy() for v in views],

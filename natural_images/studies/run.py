@@ -119,8 +119,8 @@ def _measure(study: StudyConfig, plan: RunPlan, config: VisionConfig, run_dir: P
              started: float, train_loss: float | None) -> dict[str, Any]:
     """Read out and measure a run whose ``checkpoint.pt`` holds its encoder; writes ``result.json`` last."""
     readout = linear_readout(run_dir, device=device)
-    dev = D.init_from_env(device).device
-    loss = final_infonce(run_dir, study.loss_batches, dev)
+    with D.session(device) as info:
+        loss = final_infonce(run_dir, study.loss_batches, info.device)
     images = len(build_dataset(config.data, "pretrain"))  # type: ignore[arg-type]
     pairs = min(config.batch_size, images)
     crop = image_sizes(config.data)[0]
