@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from copd_ifm.cli import build_parser
 from copd_ifm.cohort.config import resolve_cohort
@@ -38,6 +39,8 @@ def _shim(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_section_one_runs_verbatim_on_a_tiny_cohort(tmp_path: Path) -> None:
     commands = _commands(_section("1. "))
     assert [c.split()[1] for c in commands] == ["synth", "preprocess", "pretrain", "pretrain", "pretrain", "extract",

@@ -114,6 +114,8 @@ def test_extract_writes_graph_and_patch_features(tiny_cohort, tmp_path):
     assert np.allclose(again["run/graph"].to_numpy(), sets["run/graph"].to_numpy(), atol=1e-6)
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_two_process_gloo_pretraining(tiny_cohort, tmp_path):
     overrides = [a for o in [*FAST, "schedule.epochs=1", "schedule.landmarks_per_epoch=2"] for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 
 from copd_ifm.ct.subject import work
@@ -16,6 +17,7 @@ def crashing_work(task):
     return work(task)
 
 
+@pytest.mark.slow
 def test_a_worker_crash_fails_only_its_subject(tmp_path, monkeypatch):
     from copd_ifm.cohort.config import CohortConfig, RegistrationConfig
     from copd_ifm.ct import preprocess as preprocess_module

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -12,6 +13,8 @@ from copd_ifm.contrastive import MoCo, distributed as D
 from copd_ifm.contrastive.losses import ContrastiveLoss
 from copd_ifm.contrastive.moco import batch_shuffle, batch_unshuffle
 from tests.helpers import join_gloo, run_two_processes
+
+pytestmark = pytest.mark.ddp
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from tests.helpers import REPO as ROOT
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 FAST_CT = ["model.channels=[4, 8]", "model.feat_dim=16", "model.embed_dim=16", "moco.patch_queue=16",
            "moco.graph_queue=8", "schedule.patch_batch=4", "schedule.graph_batch=4",
            "schedule.landmarks_per_epoch=2", "schedule.graph_subepochs=1", "workers=0"]

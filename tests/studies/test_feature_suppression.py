@@ -113,6 +113,7 @@ def test_difficulty_aggregate_reports_means_and_best_settings(tmp_path):
     assert "Best hcl_beta per feature (highest mean; a finding only where the test below says yes): color 0, shape 0, texture 4." in text
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_end_to_end_resumes_and_shards(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
     study = yaml.safe_load((st.STUDY_CONFIG_DIR / "ifm-small.yaml").read_text(encoding="utf-8"))
@@ -364,6 +365,7 @@ def test_report_only_with_fewer_planned_runs_than_reported_is_refused(tmp_path, 
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+@pytest.mark.slow
 def test_vision_demo_runs_offline_at_tiny_scale(tmp_path, monkeypatch, one_thread, capsys):
     """`vision demo`: Trifeature generated here, baseline and IFM pretrained, the untrained control read out."""
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))

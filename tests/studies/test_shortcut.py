@@ -113,6 +113,7 @@ def test_plan_and_shards() -> None:
     assert sorted(p.run_id for s in shards for p in s) == sorted(p.run_id for p in plans)
 
 
+@pytest.mark.slow
 def test_study_end_to_end(finished: Path) -> None:
     results = pd.read_csv(finished / "results.csv")
     assert {"method", "epsilon", "tau", "seed", "features", "latent", "metric", "value"} <= set(results.columns)
@@ -138,6 +139,7 @@ def test_study_end_to_end(finished: Path) -> None:
     assert len(regions) == nodes.shape[1] and nodes.shape[0] == 10
 
 
+@pytest.mark.slow
 def test_chance_rows_match_a_hand_computation(finished: Path) -> None:
     """Chance R² of a latent: predict each test fold by its training mean, on KFold(2, shuffle, seed 0) of the sids."""
     latents = pd.read_csv(finished / "cohort" / "latents.csv", dtype={"sid": str}).set_index("sid").sort_index()
@@ -151,6 +153,7 @@ def test_chance_rows_match_a_hand_computation(finished: Path) -> None:
     assert row["value"].item() == pytest.approx(np.mean(scores), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_finished_study_is_skipped_on_rerun(finished: Path, monkeypatch) -> None:
     before = _numbers(finished)
 
@@ -163,6 +166,7 @@ def test_finished_study_is_skipped_on_rerun(finished: Path, monkeypatch) -> None
     pd.testing.assert_frame_equal(_numbers(finished), before)
 
 
+@pytest.mark.slow
 def test_interrupted_shard_resumes_to_the_same_numbers(finished: Path, tmp_path: Path, monkeypatch) -> None:
     """Shard 1/2 (baseline seed 0, untrained seed 1, IFM seed 1), killed in its last run, then rerun."""
     out = tmp_path / "study"
@@ -212,6 +216,7 @@ def test_comparisons_count_only_what_the_seeds_support() -> None:
     assert one_seed["verdict"].tolist() == ["not tested (1 seed)"]
 
 
+@pytest.mark.slow
 def test_report_only_never_drops_reported_runs(finished: Path, tmp_path: Path, capsys) -> None:
     """A study folder without some run folders is refused in one line, before anything is rebuilt or written."""
     copy = tmp_path / "copy"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,6 +11,8 @@ from copd_ifm.contrastive import ContrastiveLoss
 from copd_ifm.contrastive import distributed as D
 from natural_images.methods import AdCo, SimCLR, adco_fill_bank, adco_negative_step
 from tests.helpers import join_gloo, run_two_processes
+
+pytestmark = pytest.mark.ddp
 
 
 def _tiny_simclr() -> SimCLR:
