@@ -56,6 +56,7 @@ def test_missing_cohort_config_is_user_error(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and str(missing) in err[0]
 
 
+@pytest.mark.integration
 def test_console_script_runs_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "copd_ifm", "preprocess", "--cohort", "no-such-cohort"],
                           capture_output=True, text=True)
@@ -126,6 +127,7 @@ def _readme_commands(stage: str) -> list[str]:
     return shlex.split(lines[0])[1:]
 
 
+@pytest.mark.integration
 def test_readme_copdgene_commands_run_verbatim(tiny_cohort, tmp_path, monkeypatch):
     """The README's COPDGene preprocess and pretrain commands, with only the manifest path swapped for a small
     synthetic one and settings appended that make them fast; both reach the cohort through --set cohort.…"""

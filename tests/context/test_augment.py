@@ -44,6 +44,7 @@ def test_field_smoothing_is_monai_gaussian_filter(sigma):
     torch.testing.assert_close(ours, GaussianFilter(3, sigma, 3.0)(x)[0], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_elastic_displacement_matches_monai_rand3delastic():
     # The anchor's σ 8–12 at the top of its magnitude range (1264), where MONAI gives ≈ 3.7 voxels
     # median and ≈ 6.4 largest component at 32³; the magnitude draw itself is a plain uniform.

@@ -59,6 +59,7 @@ def _errors(capsys: pytest.CaptureFixture) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
 
 
+@pytest.mark.slow
 def test_two_cohorts_in_same_named_folders_get_their_own_stores(cohorts, home, capsys, caplog):
     """The issue's A/B scenario: B used to get A's patches ("0 done now, 3 already done")."""
     caplog.set_level(logging.INFO, logger="copd_ifm")
@@ -215,6 +216,7 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_pool_workers_exit_when_preprocess_is_killed(tmp_path):
     script = f"""

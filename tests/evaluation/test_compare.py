@@ -81,6 +81,7 @@ def test_a_failed_fold_is_not_tested_and_leaves_the_family():
     assert table["adj_level"].iloc[0] == pytest.approx(1 - 0.05 / 3)  # three tests left in the family
 
 
+@pytest.mark.slow
 def test_evaluate_reference_repeats_and_a_skipped_method(cohort_dir, capsys):  # noqa: F811
     from copd_ifm.evaluation.features import write_features
 

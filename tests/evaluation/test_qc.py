@@ -36,6 +36,7 @@ def cohort(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_rare_levels_skip_the_outcome_and_qc_warnings_reach_console_and_report(cohort, caplog, capsys):
     caplog.set_level(logging.WARNING)
     out = cohort / "report"

@@ -46,6 +46,7 @@ def cohort_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_every_output(cohort_dir, capsys):
     out = cohort_dir / "report"
     rc = cli.main(["evaluate", "--cohort", str(cohort_dir / "toy.yaml"), "--features", str(cohort_dir / "run"),

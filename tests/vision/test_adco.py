@@ -197,6 +197,7 @@ def test_forward_is_cosine_to_own_key_then_other_batch_keys_then_normalised_bank
     assert torch.allclose(neg[:, 2:], q @ F.normalize(model.negatives, dim=1).T)
 
 
+@pytest.mark.slow
 def test_training_runs_the_ad_init_pass_once_then_refuses_a_bank_one_epoch_cannot_fill(tmp_path):
     from tests.vision.test_datasets import write_cifar10
     from natural_images.train import pretrain

@@ -31,6 +31,7 @@ def test_the_dataset_folder_itself_opens_like_its_parent(tmp_path, dataset, writ
     assert np.array_equal(labels.numpy(), labels_self.numpy()) and np.array_equal(image, image_self)
 
 
+@pytest.mark.slow
 def test_trifeature_folder_itself_sets_the_same_sizes_and_trains_from_the_cli(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("COPD_IFM_HOME", str(tmp_path / "home"))
     folder = make_trifeature(tmp_path / "trifeature", TrifeatureSpec(size=16, per_combination=2,

@@ -314,6 +314,7 @@ def _killed_after_first_checkpoint(config: VisionConfig, run: Path, monkeypatch)
     monkeypatch.setattr(Checkpointer, "save", real_save)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "data")
     config = _tiny(tmp_path / "data", "cifar10", "moco", **{"loss.epsilon": 0.1, "knn.every": 0})
@@ -337,6 +338,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
     assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]
 
 
+@pytest.mark.slow
 def test_adco_and_ifm_only_train_through_the_engine_loop(tmp_path, capsys):
     """``--method adco``: the negative bank (no encoder gradient, see test_adco) moves during a real run through
     the loop's after_step; ``--ifm-only`` reaches the saved loss config."""
@@ -355,6 +357,7 @@ def test_adco_and_ifm_only_train_through_the_engine_loop(tmp_path, capsys):
     assert saved["ifm_only"] is True and saved["epsilon"] == 0.1
 
 
+@pytest.mark.slow
 def test_on_device_augmentation_trains_and_resumes_exactly(tmp_path, monkeypatch):
     """``augment.device: gpu`` (batch-wise views; on this CPU the same code path) trains through the loop, and a
     killed-then-resumed run repeats the uninterrupted one: the views' generator is reseeded per epoch."""
