@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test` (lint, then the whole suite). Both install into .venv first.
-# `make test-fast`: the suite without slow / ddp / integration tests (about a minute); `make lint`: ruff + mypy.
+# `make test-fast`: the suite without slow / ddp / integration tests (under a minute); `make lint`: ruff + mypy.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -25,6 +25,8 @@ from natural_images.train import pretrain as vision_pretrain
 from tests.context.test_train import FAST
 from tests.vision.test_datasets import _tiny, write_cifar10
 
+pytestmark = pytest.mark.slow   # trains and exports a CT and a vision run
+
 
 @pytest.fixture(scope="module")
 def ct_export(tiny_cohort, tmp_path_factory):

@@ -58,6 +58,7 @@ def _digest(path: Path) -> str:
 # --- layout and formats -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_layout_and_columns(cohort: Path, table: pd.DataFrame) -> None:
     manifest = pd.read_csv(cohort / "manifest.csv")
     assert list(manifest.columns) == ["sid", "image", "lung_mask", "FEV1pp_utah", "FEV1_FVC_utah", "finalGold",
@@ -74,6 +75,7 @@ def test_layout_and_columns(cohort: Path, table: pd.DataFrame) -> None:
     assert not (cohort / ".partial").exists()
 
 
+@pytest.mark.slow
 def test_headers_readable_by_simpleitk_nibabel_and_monai(cohort: Path) -> None:
     from monai.transforms import LoadImage
 
@@ -107,24 +109,28 @@ def test_headers_readable_by_simpleitk_nibabel_and_monai(cohort: Path) -> None:
 # --- phenotypes driven by the images ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_laa950_from_images_tracks_fev1pp(table: pd.DataFrame) -> None:
     rho = spearmanr(table.laa, table.FEV1pp_utah).statistic
     assert rho <= -0.4, rho
     assert np.allclose(table.laa, table.laa950_pct, atol=1e-3)   # latents.csv reports what the files hold
 
 
+@pytest.mark.slow
 def test_mild_subjects_have_normal_lung_density(table: pd.DataFrame) -> None:
     mild = table[table.emphysema < 0.02]
     assert len(mild) >= 5
     assert mild.mean_hu.between(-900, -800).all(), mild.mean_hu.tolist()
 
 
+@pytest.mark.slow
 def test_emphysema_is_upper_zone_predominant(table: pd.DataFrame) -> None:
     severe = table[table.cle_fraction > 0.1]
     assert len(severe) >= 5
     assert (severe.laa_upper > severe.laa_lower).mean() >= 0.8
 
 
+@pytest.mark.slow
 def test_scores_follow_measured_amounts_and_gold_rules(table: pd.DataFrame) -> None:
     for r in table.itertuples():
         ratio, fev1 = r.FEV1_FVC_utah, r.FEV1pp_utah
@@ -142,6 +148,7 @@ def test_scores_follow_measured_amounts_and_gold_rules(table: pd.DataFrame) -> N
     assert spearmanr(table.Emph_Severity, table.laa).statistic > 0.7
 
 
+@pytest.mark.slow
 def test_rendered_amounts_match_latents(table: pd.DataFrame) -> None:
     cle_target = table.emphysema * table.cle_share
     assert np.allclose(table.cle_fraction, cle_target, atol=0.01)
@@ -153,6 +160,7 @@ def test_rendered_amounts_match_latents(table: pd.DataFrame) -> None:
 # --- determinism, reuse, resume ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_workers(cohort: Path, tmp_path: Path) -> None:
     small = generate_cohort(tmp_path / "small", n=3, seed=0, spacing_mm=SPACING, workers=1).parent
     for sid in ("SYN0001", "SYN0002", "SYN0003"):
@@ -164,6 +172,7 @@ def test_same_seed_same_bytes_whatever_the_workers(cohort: Path, tmp_path: Path)
     assert _digest(other / "images" / "SYN0001.nii.gz") != _digest(small / "images" / "SYN0001.nii.gz")
 
 
+@pytest.mark.slow
 def test_complete_cohort_is_reused_and_a_different_one_refused(cohort: Path) -> None:
     before = (cohort / "images" / "SYN0001.nii.gz").stat().st_mtime_ns
     assert generate_cohort(cohort, n=N, seed=0, spacing_mm=SPACING) == cohort / "manifest.csv"

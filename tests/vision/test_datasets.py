@@ -281,6 +281,7 @@ def test_cli_pretrain_and_linear_on_cifar10(tmp_path, capsys):
     ("tinyimagenet", "moco", lambda root: write_tinyimagenet(root, ["n01443537", "n01629819", "n01641577"]), 9),
     ("imagenet100", "simclr", lambda root: write_imagenet(root, imagenet100_classes()), 16),
 ])
+@pytest.mark.slow
 def test_pretrain_and_linear_on_each_format(tmp_path, dataset, method, writer, n_train):
     writer(tmp_path)
     config = _tiny(tmp_path, dataset, method, epochs=1, **{"data.limit": 16, "linear.epochs": 2})

@@ -61,6 +61,7 @@ def test_perturbed_neighbours_on_a_hand_made_circle():
     assert found["neg_index"][0].tolist() == [6, 4, 2]
 
 
+@pytest.mark.slow
 def test_visualize_ifm_cli_grid_and_eps_zero_retrieves_the_positive_itself(tiny_run, capsys):
     out = tiny_run / "vis"
     assert main(["vision", "visualize-ifm", "--run", str(tiny_run), "--eps", "0.5,2", "--anchors", "3",
@@ -93,6 +94,7 @@ def test_visualize_ifm_cli_grid_and_eps_zero_retrieves_the_positive_itself(tiny_
         assert png.size[0] > 300 and png.size[1] > 600  # 4 columns, 6 rows of thumbnails
 
 
+@pytest.mark.slow
 def test_fgsm_flips_the_probe_and_stays_in_range(tiny_run):
     encoder, run_cfg = load_encoder(tiny_run)
     spec = dataset_spec("cifar10")
@@ -117,6 +119,7 @@ def test_fgsm_flips_the_probe_and_stays_in_range(tiny_run):
     assert torch.all(steps[~flipped] == 2)
 
 
+@pytest.mark.slow
 def test_robust_cli_writes_consistent_json_csv_and_plot(tiny_run, capsys):
     out = tiny_run / "robust"
     assert main(["vision", "robust", "--run", str(tiny_run), "--fgsm-eps", "0.05", "--out", str(out),
