@@ -22,9 +22,9 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]             # this checkout, and the test helpers
+sys.path[:0] = [str(ROOT)]                                   # this checkout (and its test helpers)
 
-from dicom_series import series_from_image, write_series  # noqa: E402  (test helpers: pydicom writers)
+from tests.ct.dicom_series import series_from_image, write_series  # noqa: E402  (test helpers: pydicom writers)
 
 from copd_ifm.cohort.config import CohortConfig, RegistrationConfig  # noqa: E402
 from copd_ifm.ct.handmade import handmade_ct  # noqa: E402

@@ -3,7 +3,7 @@
 The anchor registers lung-mask *label* images (right 50, left 100) with mutual information; the project
 binarises the masks (:func:`copd_ifm.ct.registration.coarse_fraction`) and registers lung fractions with
 mean squares. This measures what the labels would buy: on the known-affine setup of
-``tests/test_ct_registration.py`` (hand-made subjects = the atlas moved by a known affine, 2 mm grid,
+``tests/ct/test_registration.py`` (hand-made subjects = the atlas moved by a known affine, 2 mm grid,
 6 mm registration spacing, the project's registration settings) every affine is registered twice,
 
 * ``binary``: the project's fixed/moving images (lung fraction in [0, 1], left and right alike);

@@ -21,7 +21,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import SimpleITK as sitk

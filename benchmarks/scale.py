@@ -41,7 +41,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -169,7 +170,7 @@ class TreePss:
                     continue
             self.peak = total / 2**20 if math.isnan(self.peak) else max(self.peak, total / 2**20)
 
-    def __enter__(self) -> "TreePss":
+    def __enter__(self) -> TreePss:
         self._thread.start()
         return self
 

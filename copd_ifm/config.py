@@ -22,7 +22,8 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import yaml
 
@@ -82,7 +83,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -126,7 +127,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # callers pass dataclasses
     unknown = sorted(set(data) - names)
     if unknown:
         raise UserError(f"{where}: unknown field {unknown[0]!r} (valid: {', '.join(sorted(names))})")
@@ -155,7 +156,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 #: ``--set`` strings (``"optim.lr=0.1"``) or dotted keys with their values (``{"optim.lr": 0.1}``).
-Overrides = Union[Mapping[str, Any], Sequence[str], None]
+Overrides = Mapping[str, Any] | Sequence[str] | None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

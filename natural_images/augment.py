@@ -12,7 +12,8 @@ blur at every resolution. Output: float32 ``[3, crop, crop]``, normalised.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageFilter

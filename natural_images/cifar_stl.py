@@ -6,7 +6,8 @@ existence check, for a deliberately re-encoded copy, and :func:`failed_checksums
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from copd_ifm import config as cfg
 from copd_ifm import files
@@ -27,10 +28,10 @@ class DataConfig:
     root: str = "{data_home}/vision"       # folder holding every dataset (torchvision's ``root``)
     download: bool = False                 # fetch CIFAR/STL10/tinyImageNet if missing (needs internet)
     workers: int = 4                       # DataLoader worker processes per rank
-    crop_size: Optional[int] = None        # training crop (px); None: the dataset's native resolution
-    eval_size: Optional[int] = None        # evaluation resolution (px); None: native
+    crop_size: int | None = None           # training crop (px); None: the dataset's native resolution
+    eval_size: int | None = None           # evaluation resolution (px); None: native
     limit: int = 0                         # use at most this many images per split, evenly spaced (0: all)
-    classes: Optional[str] = None          # text file of class folder names to keep (folder, imagenet100)
+    classes: str | None = None             # text file of class folder names to keep (folder, imagenet100)
     verify: bool = True                    # md5-check CIFAR/STL10 files (false: existence only)
 
     def validate(self) -> None:
@@ -50,7 +51,7 @@ class DataConfig:
 class AugmentConfig:
     """SimCLR / MoCo-v2 "aug-plus" view generation (probabilities in [0, 1])."""
 
-    crop_scale: Optional[tuple[float, float]] = None   # RandomResizedCrop area; None: SimCLR (0.08, 1), MoCo (0.2, 1)
+    crop_scale: tuple[float, float] | None = None   # RandomResizedCrop area; None: SimCLR (0.08, 1), MoCo (0.2, 1)
     flip_prob: float = 0.5
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)   # brightness, contrast, saturation, hue
     jitter_prob: float = 0.8
@@ -226,7 +227,7 @@ def default_config_name(dataset: str | None, method: str | None) -> str:
 
 
 def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
-                       overrides: list[str] | None = None) -> VisionConfig:
+                       overrides: cfg.Overrides = None) -> VisionConfig:
     """Config ``name`` (see :func:`config_path`), then CLI fields ``extra`` (nested), then ``--set`` overrides.
 
     Sizes the dataset reads from its own files (``folder``, Trifeature, digits)

@@ -17,6 +17,9 @@ folder         the root itself: ``train/<class>/*`` train / train / val; any PNG
                and ``val/<class>/*``            (torchvision ImageFolder)
 =============  ===============================  ==========================================
 
+One ``--data-root`` rule for every dataset (:func:`dataset_root`): the root may be the folder holding the
+dataset's folder, or that folder itself (``--data-root ~/data/cifar-10-batches-py``, ``.../trifeature``).
+
 ``data.classes`` (``--classes FILE``: one class folder name per line) keeps
 only the listed classes of ``folder`` and ``imagenet100`` (replacing the CMC
 list). CIFAR and STL10 files are md5-checked by torchvision on every open;
@@ -34,7 +37,8 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 from urllib.error import URLError
 
 import torch
@@ -257,10 +261,17 @@ def dataset_spec(name: str) -> DatasetSpec:
     return _REGISTRY[name]
 
 
+def dataset_root(dataset: str, root: Path) -> Path:
+    """The folder holding ``dataset``'s own folder: ``root``, or its parent when ``root`` *is* that folder
+    (named as in the table above and not holding a folder of that name itself). ``folder``: always ``root``."""
+    name = dataset_spec(dataset).folder
+    return root.parent if name and root.name == name and not (root / name).exists() else root
+
+
 def build_dataset(data: DataConfig, split: Split, transform: Transform | None = None) -> Dataset:
     """Open split ``split`` of ``data.dataset`` under ``data.root``; a missing dataset is a one-line UserError."""
     spec = dataset_spec(data.dataset)
-    root = data.root_path
+    root = dataset_root(data.dataset, data.root_path)
     folder = root / spec.folder
     if data.classes and "classes" not in spec.options:
         raise UserError(f"data.classes (--classes) applies to folder and imagenet100, not {data.dataset}")
@@ -269,7 +280,7 @@ def build_dataset(data: DataConfig, split: Split, transform: Transform | None = 
     if not data.download and not folder.exists():
         hint = "pass --download (needs internet)" if spec.downloadable else "it cannot be downloaded automatically"
         raise UserError(f"{data.dataset}: {folder} not found; put the dataset there (or point --data-root at "
-                        f"its parent folder), or {hint}")
+                        f"the dataset's folder or its parent), or {hint}")
     options = {name: getattr(data, name) for name in spec.options}
     try:
         dataset = spec.build(root, split, transform, data.download, **options)
@@ -290,7 +301,7 @@ def _damaged_message(data: DataConfig, folder: Path, exc: Exception) -> str:
     """One line naming the first file that fails its check and the ways on that leave the user's files alone."""
     keep = "your files were left untouched"
     if data.dataset in TORCHVISION_CHECKED:
-        failed = failed_checksums(data.dataset, data.root_path)
+        failed = failed_checksums(data.dataset, dataset_root(data.dataset, data.root_path))
         if failed:
             state = "is missing" if not failed[0].exists() else "fails torchvision's md5 check"
             more = f" ({len(failed) - 1} more file(s) too)" if len(failed) > 1 else ""
@@ -334,8 +345,8 @@ def as_label_matrix(labels: Any) -> Tensor:
 def native_size(data: DataConfig) -> int:
     """The dataset's own resolution (px): read from its folder where the spec can, else the spec's."""
     spec = dataset_spec(data.dataset)
-    probed = spec.probe(data.root_path / spec.folder) if spec.probe and not (data.crop_size and data.eval_size) \
-        else None
+    folder = dataset_root(data.dataset, data.root_path) / spec.folder
+    probed = spec.probe(folder) if spec.probe and not (data.crop_size and data.eval_size) else None
     return probed or spec.image_size
 
 

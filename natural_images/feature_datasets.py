@@ -24,7 +24,8 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 
@@ -61,7 +62,7 @@ class FeatureSchema:
                 "class_names": {f: list(self.class_names[f]) for f in self.features}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureSchema":
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
         return cls(name=str(data["name"]), features=tuple(data["features"]),
                    class_names={f: tuple(data["class_names"][f]) for f in data["features"]})
 
@@ -154,7 +155,7 @@ def _write_chunk(dataset: MultiFeatureDataset, indices: list[int], folder: Path)
         if path.exists():
             continue
         image = dataset.image(i)
-        atomic_write(path, lambda tmp: image.save(tmp, optimize=False))
+        atomic_write(path, lambda tmp: image.save(tmp, optimize=False))  # noqa: B023 (called at once)
     return len(indices)
 
 

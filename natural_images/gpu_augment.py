@@ -21,7 +21,7 @@ which path a run takes (``augment.device``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -59,7 +59,7 @@ class Standardize(nn.Module):
         self.register_buffer("sd", sd)
 
     @classmethod
-    def fit(cls, x: Tensor) -> "Standardize":
+    def fit(cls, x: Tensor) -> Standardize:
         """Statistics of ``x`` ``[N, F]``; a constant feature gets sd 1 (it stays 0 after centring)."""
         sd = x.std(0) if len(x) > 1 else torch.ones_like(x[0])
         return cls(x.mean(0), torch.where(sd > 1e-12, sd, torch.ones_like(sd)))

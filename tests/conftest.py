@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from copd_ifm.cohort.config import CohortConfig, resolve_cohort
+from tests import helpers
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +32,5 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortConfig:
 @pytest.fixture
 def one_thread():
     """Two shared cores: one intra-op torch thread avoids oversubscription."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with helpers.one_thread():
+        yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from copd_ifm.cli.args import Parser, common, fmt
 from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers

@@ -46,7 +46,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
-def _ensure_store(cohort: "CohortConfig") -> None:
+def _ensure_store(cohort: CohortConfig) -> None:
     """Prepare a missing patch store (the demo cohort on a fresh install: synth + preprocess)."""
     from copd_ifm.ct.preprocess import preprocess_cohort
     from copd_ifm.ct.store import PatchStore
@@ -301,7 +301,8 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
                    help="capacity rule: nested penalises, pca-rule reduces to, n_train // this many dimensions")
     # issue 22: read-out protocol and paired comparisons
     p.add_argument("--readout", default=None,  # checked by evaluate: importing the read-out here slows every command
-                   help="protocol; unset: the cohort YAML's readout, else nested (readout.DEFAULT_READOUT). nested: standardised ridge / L2 ordered logit, penalty by inner CV in the training fold "
+                   help="protocol; unset: the cohort YAML's readout, else nested (readout.DEFAULT_READOUT). "
+                        "nested: standardised ridge / L2 ordered logit, penalty by inner CV in the training fold "
                         "(for sets with more features than n_train // samples-per-dim); paper: plain OLS / ordered "
                         "logit on all features; pca-rule: PCA to n_train // samples-per-dim, then OLS / ordered logit")
     p.add_argument("--sensitivity", default=None,

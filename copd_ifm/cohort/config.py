@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from copd_ifm import config as cfg
 from copd_ifm import files
@@ -113,18 +113,18 @@ class CohortConfig:
     landmark_step_mm: float = 26.0       # atlas grid step (the anchor: 26 mm)
     landmark_min_lung_fraction: float = 0.1
     lung_seg: str = "auto"               # "auto" (manifest mask, else threshold), threshold, lungmask, totalsegmentator
-    lung_model_path: Optional[str] = None   # local weights of the lungmask / TotalSegmentator backend
+    lung_model_path: str | None = None   # local weights of the lungmask / TotalSegmentator backend
     min_lung_volume_l: float = 0.5
-    store: Optional[str] = None          # patch store folder; default {data_home}/stores/<name>-<hash>
+    store: str | None = None          # patch store folder; default {data_home}/stores/<name>-<hash>
     outcomes: dict[str, str] = field(default_factory=lambda: dict(COPDGENE_OUTCOME_COLUMNS))
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
     fov: FovConfig = field(default_factory=FovConfig)
-    synthetic: Optional[SyntheticSpec] = None   # set: generated on first use
+    synthetic: SyntheticSpec | None = None   # set: generated on first use
     # Pretrain fields this cohort's size needs (dotted keys as for --set), applied after the pretrain YAML.
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     # evaluate's read-out protocol for this cohort (copd_ifm.evaluation.readout); None: the declared default
-    readout: Optional[str] = None
+    readout: str | None = None
 
     def validate(self) -> None:
         if not 0.2 <= self.spacing_mm <= 10:
@@ -158,7 +158,7 @@ class CohortConfig:
         return self.patch_size * self.spacing_mm
 
 
-def read_manifest_csv(path: Path, **read_csv: Any) -> "pd.DataFrame":
+def read_manifest_csv(path: Path, **read_csv: Any) -> pd.DataFrame:
     """``pandas.read_csv(path, **read_csv)``; an empty or unparsable file is a one-line UserError."""
     import pandas as pd
 

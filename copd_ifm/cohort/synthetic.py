@@ -161,8 +161,8 @@ def generate_cohort(out: Path, n: int = 48, seed: int = 0, spacing_mm: float = 2
     """Generate (or reuse) the synthetic cohort ``n``/``seed``/``spacing_mm`` in ``out``; return its manifest.
 
     ``nuisance`` scales the scanner differences between sites (0: none, 1: the
-    default table, 2: doubled; :func:`copd_ifm.cohort.phenotypes.site_scanner`). An existing complete cohort with the same parameters is reused; an unfinished one
-    resumes; a folder holding anything else is a :class:`UserError`. Files are
+    default table, 2: doubled; :func:`copd_ifm.cohort.phenotypes.site_scanner`). An existing complete
+    cohort with the same parameters is reused; an unfinished one resumes; a folder holding anything else is a :class:`UserError`. Files are
     written atomically; subjects are generated in ``workers`` processes.
     """
     _validate(n, seed, spacing_mm, workers, nuisance)

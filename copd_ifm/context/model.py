@@ -110,7 +110,7 @@ class ContextModel(nn.Module):
         (see :func:`frozen_features`)."""
         return frozen_features(self.patch_encoder, self.landmark_coords, patches, chunk)
 
-    def subject_encoder(self) -> "SubjectEncoder":
+    def subject_encoder(self) -> SubjectEncoder:
         """The query encoders and the landmark set (shared, not copied): what ``extract`` and ``export`` use."""
         return SubjectEncoder(self.patch_encoder, self.graph_encoder, self.landmark_coords, self.edge_index)
 

@@ -10,7 +10,8 @@ cohort encoded once per epoch plus node dropout and feature noise
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

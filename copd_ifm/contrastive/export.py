@@ -19,7 +19,8 @@ import inspect
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -150,7 +151,7 @@ def write_traced(out: Path, fmt: str, module: nn.Module, inputs: tuple[Tensor, .
         import onnxruntime  # present: prepare_out checked
 
         # The TorchScript-based exporter (torch >= 2.5 defaults to dynamo, which needs onnxscript too).
-        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         atomic_write(path, lambda tmp: torch.onnx.export(module, inputs, str(tmp), input_names=list(names),
                                                          output_names=list(outputs), **legacy))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

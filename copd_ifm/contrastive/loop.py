@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +78,8 @@ def fit(model: nn.Module, phases: list[Phase], loss_fn: Callable[[Tensor, Tensor
     """
     scaler = grad_scaler(device, amp)
     ckpt = Checkpointer(run_dir)
-    start, step, history = 0, 0, []
+    start, step = 0, 0
+    history: list[dict[str, Any]] = []
     if resume:
         start, step, history = _restore(ckpt, model, phases, scaler, device)
         D.print0(f"{run_dir}: already finished ({start}/{epochs} epochs); nothing to train (--extend with more "
@@ -143,7 +145,7 @@ def _run_phase(phase: Phase, model: nn.Module, loss_fn: Callable[[Tensor, Tensor
             logger.log(step, **{phase.key("loss"): value, phase.key("acc"): float(acc), phase.key("lr"): lr,
                                 phase.key(f"{phase.unit}_per_s"): meter.rate,
                                 phase.key("data_wait"): meter.data_wait_fraction})
-            bar.set_postfix(loss=f"{value:.4f}", **{f"{phase.unit}_s": f"{meter.rate:.0f}"})
+            bar.set_postfix({"loss": f"{value:.4f}", f"{phase.unit}_s": f"{meter.rate:.0f}"})
     n = max(n_steps, 1)
     return step, {phase.key("loss"): D.all_reduce_mean(loss_sum / n).item(),
                   phase.key("acc"): D.all_reduce_mean(acc_sum / n).item(),

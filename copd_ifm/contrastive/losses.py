@@ -234,7 +234,7 @@ class ContrastiveLoss(nn.Module):
         self.beta, self.tau_plus, self.ifm_only = beta, tau_plus, ifm_only
 
     @classmethod
-    def from_config(cls, cfg: "LossConfig") -> "ContrastiveLoss":
+    def from_config(cls, cfg: LossConfig) -> ContrastiveLoss:
         return cls(cfg.temperature, cfg.epsilon, cfg.alpha, cfg.hcl_beta, cfg.tau_plus, cfg.ifm_only)
 
     def forward(self, pos: Tensor, neg: Tensor) -> Tensor:

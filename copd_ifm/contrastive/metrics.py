@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from copd_ifm.contrastive import distributed as D
 from copd_ifm.files import atomic_write

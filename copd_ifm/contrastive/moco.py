@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -92,6 +92,9 @@ class MoCo(nn.Module):
         shuffle_bn: shuffle keys across ranks under DDP (tensor inputs only).
     """
 
+    queue: Tensor       # [num_queues, K, dim] buffer
+    queue_ptr: Tensor   # [num_queues] long buffer
+
     def __init__(self, encoder: nn.Module, feat_dim: int, dim: int = 128, queue_size: int = 4096,
                  momentum: float = 0.999, mlp: bool = True, num_queues: int = 1, shuffle_bn: bool = True) -> None:
         super().__init__()
@@ -110,7 +113,7 @@ class MoCo(nn.Module):
         self.register_load_state_dict_post_hook(MoCo._forget_host_ptr)
 
     @staticmethod
-    def _forget_host_ptr(module: "MoCo", incompatible_keys: object) -> None:
+    def _forget_host_ptr(module: MoCo, incompatible_keys: object) -> None:
         module._host_ptr = None
 
     @property
@@ -120,7 +123,7 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """``θ_k ← m·θ_k + (1 − m)·θ_q`` for every parameter of the key encoder (one fused update of all)."""
-        keys = list(self.encoder_k.parameters())
+        keys: list[Tensor] = list(self.encoder_k.parameters())
         torch._foreach_mul_(keys, self.momentum)
         torch._foreach_add_(keys, [p.detach() for p in self.encoder_q.parameters()], alpha=1 - self.momentum)
 

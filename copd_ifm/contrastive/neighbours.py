@@ -7,7 +7,7 @@ key. Domain-free: images and CT subjects alike.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -22,7 +22,7 @@ def rng_state() -> dict[str, Any]:
     """Every RNG of this process as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, key, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {"python": random.getstate(),
-                             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                             "numpy": {"kind": kind, "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
                                        "has_gauss": int(has_gauss), "gauss": float(gauss)},
                              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

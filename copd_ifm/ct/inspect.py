@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import SimpleITK as sitk
 
@@ -106,7 +107,7 @@ def _sid(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-") or "subject"
 
 
-def manifest_table(entries: list[dict[str, Any]], out: Path) -> "Any":
+def manifest_table(entries: list[dict[str, Any]], out: Path) -> Any:
     """The manifest rows as a DataFrame (``sid, image, series_uid, note``) with ``image`` relative to
     ``out``'s folder and sids made unique from the file or folder names."""
     import pandas as pd

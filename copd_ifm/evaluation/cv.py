@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -171,7 +171,8 @@ def chance_folds(y: pd.Series, folds: pd.Series, outcome: Outcome) -> pd.DataFra
         test = fold_of == k
         row = {"method": CHANCE, "outcome": outcome.name, "kind": outcome.kind, "fold": k,
                "n_train": int((~test).sum()), "n_test": int(test.sum()), "n_features": 0, "n_dims": 0,
-               "model": "majority level" if outcome.ordinal else "training mean", "penalty": np.nan, "r2": np.nan, "accuracy": np.nan, "one_off": np.nan, "status": "ok", "note": ""}
+               "model": "majority level" if outcome.ordinal else "training mean", "penalty": np.nan,
+               "r2": np.nan, "accuracy": np.nan, "one_off": np.nan, "status": "ok", "note": ""}
         if outcome.ordinal:
             levels, counts = np.unique(target[~test], return_counts=True)
             guess = levels[counts.argmax()]

@@ -146,7 +146,7 @@ class PenalisedOrderedLogit(BaseEstimator):
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = alpha
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "PenalisedOrderedLogit":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> PenalisedOrderedLogit:
         self.model_, self.params_, self.converged_ = _fit_ordinal(np.asarray(X), np.asarray(y), self.alpha)
         self.labels_ = np.asarray(self.model_.labels, dtype=np.float64)
         return self

@@ -25,7 +25,8 @@ from copd_ifm.errors import UserError
 from natural_images.augment import TwoViews, train_transform
 from natural_images.backbones import resolve_stem
 from natural_images.config import DataConfig, VisionConfig
-from natural_images.datasets import as_label_matrix, build_dataset, dataset_spec, image_sizes, label_names
+from natural_images.datasets import (as_label_matrix, build_dataset, dataset_root, dataset_spec, image_sizes,
+                                     label_names)
 from natural_images.digits import DigitsSpec, make_digits
 from natural_images.feature_datasets import read_folder_meta
 from natural_images.linear import linear_readout
@@ -51,7 +52,7 @@ def ensure_dataset(study: StudyConfig, workers: int = 1) -> Path:
     Concurrent shards serialise on ``ROOT/.<dataset>.lock`` (a file lock):
     the first generates the data, the others then find it ready.
     """
-    root = cfg.from_dict(DataConfig, study.run.get("data", {}), "run.data").root_path
+    root = dataset_root(study.dataset, cfg.from_dict(DataConfig, study.run.get("data", {}), "run.data").root_path)
     folder = root / study.dataset
     if study.dataset == "trifeature":
         t = study.trifeature
