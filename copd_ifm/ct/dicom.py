@@ -325,9 +325,9 @@ def _decode(path: Path, series: Series, folder: Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
         stored = ds.pixel_array
-    except Exception as exc:    # pydicom raises NotImplementedError, RuntimeError, ValueError... per missing codec
+    except (NotImplementedError, RuntimeError, ValueError) as exc:  # how pydicom reports a missing pixel handler
         raise SubjectError(f"cannot decode {path.name} in {folder}: transfer syntax {series.transfer_syntax_name} "
-                           f"({series.transfer_syntax}) is not decodable here; {CODEC_HINT}",
+                           f"({series.transfer_syntax}) is not decodable here ({type(exc).__name__}); {CODEC_HINT}",
                            code="undecodable") from exc
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     return stored.astype(np.float32) * slope + intercept

@@ -136,19 +136,19 @@ def cross_validate(features: dict[str, pd.DataFrame], y: pd.Series, folds: pd.Se
     target = y.loc[sids].to_numpy(dtype=np.float64)
     fold_of = folds.to_numpy()
     rows, preds = [], []
-    for method, frame in features.items():
-        x = frame.loc[sids].to_numpy(dtype=np.float64)
-        for k in range(int(fold_of.max()) + 1):
-            test = fold_of == k
-            # one BLAS thread: these matrices are small, and threaded BLAS on them ran up to 7x slower
-            # (benchmarks/RESULTS.md, "Read-out on one BLAS thread")
-            with threadpool_limits(limits=1, user_api="blas"):
+    # one BLAS thread: these matrices are small, and threaded BLAS on them ran up to 7x slower
+    # (benchmarks/RESULTS.md, "Read-out on one BLAS thread")
+    with threadpool_limits(limits=1, user_api="blas"):
+        for method, frame in features.items():
+            x = frame.loc[sids].to_numpy(dtype=np.float64)
+            for k in range(int(fold_of.max()) + 1):
+                test = fold_of == k
                 row, pred = _fold(x, target, ~test, outcome, samples_per_dim, readout)
-            rows.append({"method": method, "outcome": outcome.name, "kind": outcome.kind, "fold": k, **row})
-            preds.append(pd.DataFrame({"method": method, "outcome": outcome.name, "sid": sids[test], "fold": k,
-                                       "observed": target[test], "predicted": pred}))
-            if progress is not None:
-                progress()
+                rows.append({"method": method, "outcome": outcome.name, "kind": outcome.kind, "fold": k, **row})
+                preds.append(pd.DataFrame({"method": method, "outcome": outcome.name, "sid": sids[test], "fold": k,
+                                           "observed": target[test], "predicted": pred}))
+                if progress is not None:
+                    progress()
     return CVResult(pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.concat(preds, ignore_index=True))
 
 
