@@ -20,6 +20,7 @@ from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
+SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&"}
 REPO_DIRS = ("copd_ifm", "natural_images", "configs", "pipelines", "benchmarks", "tests", "docs")
 # a placeholder a reader fills in (RUN, DATASET_METHOD, <sid>, {train,val}, *): such a path is not checked as named
 PLACEHOLDER = re.compile(r"[<>{}]|(?<![a-z])[A-Z][A-Z_]+(?![a-z])")
@@ -54,8 +55,8 @@ def _expand(line: str, env: dict[str, str]) -> str:
 def _usage_variants(tokens: list[str]) -> list[list[str]]:
     """Usage notation as written in the docs: ``[--opt V]`` is given, ``a|b|c`` is each of a, b, c, ``PATH...``
     is one PATH."""
-    words = [t.strip("[]").removesuffix("...") for t in tokens]
-    choices = [w.split("|") if "|" in w and not w.startswith("--set") else [w] for w in words if w]
+    words = [t if "=" in t else t.strip("[]").removesuffix("...") for t in tokens]   # KEY=[a, b] is a value
+    choices = [w.split("|") if "|" in w and "=" not in w else [w] for w in words if w]
     return [list(v) for v in itertools.product(*choices)]
 
 
@@ -74,6 +75,8 @@ def _commands(doc: Path) -> list[tuple[str, list[str]]]:
 def _cli_argv(tokens: list[str]) -> list[str] | None:
     """The ``copd-ifm`` arguments of a command line (``copd-ifm``, ``python -m copd_ifm``, ``torchrun … -m
     copd_ifm``), else None."""
+    ends = [i for i, t in enumerate(tokens) if t in SHELL_OPERATORS]
+    tokens = tokens[:ends[0]] if ends else tokens      # the first command of a pipe or list
     if tokens and tokens[0] == "copd-ifm":
         return tokens[1:]
     for i in range(len(tokens) - 1):
@@ -157,6 +160,8 @@ def test_flags_in_inline_commands_exist(doc: Path) -> None:
         known = {s for a in parser._actions for s in a.option_strings}
         flags = {w.split("=", 1)[0] for w in words if w.startswith("--")}
         failures += [f"`{span}`: {flag} is not an option of copd-ifm {' '.join(path)}" for flag in sorted(flags - known)]
+        configs = [after for flag, after in zip(words, words[1:]) if flag in ("--config", "--cohort")]
+        failures += [f"`{span}`: {name} names no YAML under configs/" for name in configs if _config_missing(name)]
     assert not failures, f"{_name(doc)}:\n" + "\n".join(failures)
 
 
