@@ -225,6 +225,16 @@ def test_every_documented_command_answers_help() -> None:
     assert proc.returncode == 0 and "vision" in proc.stdout and "study" in proc.stdout
 
 
+def test_documented_inspect_of_the_test_series_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """The cheap example that needs no external data, run for real: `inspect` of the DICOM series in tests/data."""
+    runs = [argv for doc in DOCS for _, tokens in _commands(doc) if (argv := _cli_argv(tokens)) is not None
+            and argv[:1] == ["inspect"] and all((REPO / a).exists() for a in argv[1:] if not a.startswith("-"))]
+    assert runs, "the docs show no inspect of a folder in the repository"
+    for argv in runs:
+        assert main([argv[0], *(str(REPO / a) if (REPO / a).exists() else a for a in argv[1:])]) == 0
+        assert capsys.readouterr().out.rstrip().endswith(": ok")
+
+
 def test_the_readme_opens_with_the_two_commands() -> None:
     """CI and a first-time reader start from the README's opening block: `make demo`, then `make test`."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
