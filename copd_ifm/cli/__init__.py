@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=Parser)
     vsub.required = True
     add_vision_parsers(vsub)
-    p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression)",
+    p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression; outcomes: Table 2)",
                        formatter_class=fmt)
     common(p)
     ssub = p.add_subparsers(dest="study_cmd", metavar="STUDY", parser_class=Parser)

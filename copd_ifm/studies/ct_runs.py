@@ -35,10 +35,17 @@ from copd_ifm.evaluation.features import FEATURES_FILE, read_feature_sets
 from copd_ifm.evaluation.outcomes import Outcome
 from copd_ifm.studies.folder import run_dir
 from copd_ifm.studies.grid import RunPlan
+from copd_ifm.studies.results import finished
 
 EPSILON_FIELD = "loss.epsilon"
 TAU_FIELD = "loss.temperature"
 NODES_FILE = "nodes.npy"
+#: Columns of a CT study's ``results.csv``: one row per run × features × target × metric, ``value`` the mean
+#: over its folds (and repeats), ``fold_sd`` their sd. ``features`` of an untrained encoder: ``untrained``
+#: (graph level) and ``untrained_patch``; of the controls: ``densitometry`` and ``chance``.
+RESULT_COLUMNS = ["method", "epsilon", "tau", "seed", "features", "latent", "kind", "metric", "value", "fold_sd",
+                  "folds_ok", "run_id"]
+UNTRAINED_FEATURES = {"graph": "untrained", "patch": "untrained_patch"}
 
 
 @dataclass
@@ -196,3 +203,68 @@ def readouts(out: Path, plans: Sequence[RunPlan], targets: Sequence[Target], sam
     for plan in tqdm(todo, desc=f"read-out ({readout})", unit="run", disable=not todo):
         run_readout(out, plan, targets, samples_per_dim, readout)
     return {p.run_id: run_readout(out, p, targets, samples_per_dim, readout) for p in plans}
+
+
+def _tagged(per_fold: pd.DataFrame, method_name: str, plan: RunPlan | None) -> pd.DataFrame:
+    table = per_fold.rename(columns={"method": "features"})
+    if plan is None:
+        return table.assign(method=method_name, epsilon=math.nan, tau=math.nan, seed=math.nan, run_id="")
+    if plan.control:
+        table["features"] = table["features"].map(UNTRAINED_FEATURES)
+    return table.assign(method=method_name, epsilon=epsilon(plan), tau=tau(plan), seed=plan.seed, run_id=plan.run_id)
+
+
+def per_fold_results(out: Path, plans: Sequence[RunPlan], targets: Sequence[Target], density: pd.DataFrame,
+                     samples_per_dim: int, readout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-fold rows of every finished run, densitometry and chance under ``readout``, the finished runs'
+    ``result.json`` rows). Per-fold columns: ``cv.RESULT_COLUMNS`` with ``method`` renamed ``features``,
+    plus repeat, method, epsilon, tau, seed and run_id."""
+    done = finished(out, plans)
+    tables = readouts(out, [plan for plan, _ in done], targets, samples_per_dim, readout)
+    frames = [_tagged(tables[plan.run_id], method(plan), plan) for plan, _ in done]
+    frames.append(_tagged(read_out({"densitometry": density}, targets, samples_per_dim, readout), "densitometry", None))
+    frames.append(_tagged(chance_readout(targets), "chance", None))
+    return pd.concat(frames, ignore_index=True), pd.DataFrame([r for _, r in done])
+
+
+def fold_means(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_fold_results` rows → :data:`RESULT_COLUMNS` (R² for continuous targets; accuracy and 1-off
+    for ordinal ones)."""
+    rows = []
+    for _, group in per_fold.groupby(["run_id", "method", "features", "outcome"], sort=False):
+        first = group.iloc[0]
+        for metric in (("r2",) if first["kind"] == "continuous" else ("accuracy", "one_off")):
+            values = group[metric].astype(float)
+            rows.append({"method": first["method"], "epsilon": first["epsilon"], "tau": first["tau"],
+                         "seed": first["seed"], "features": first["features"], "latent": first["outcome"],
+                         "kind": first["kind"], "metric": metric, "value": values.mean(), "fold_sd": values.std(),
+                         "folds_ok": int(values.notna().sum()), "run_id": first["run_id"]})
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def training_lines(runs: pd.DataFrame) -> list[str]:
+    """Report lines: each level's last-epoch training loss and instance accuracy per method against chance."""
+    trained = runs[runs["method"] != "untrained"] if not runs.empty else runs
+    if trained.empty:
+        return ["- No trained run has finished yet."]
+    lines = []
+    for level in ("patch", "graph"):
+        loss, chance = trained[f"{level}_loss"], trained[f"{level}_chance"].iloc[0]
+        for method, group in trained.groupby("method"):
+            values = group[f"{level}_loss"]
+            lines.append(f"- {level}-level training loss after {int(trained['epochs'].iloc[0])} epochs, {method}: "
+                         f"{values.mean():.3f} (range {values.min():.3f}–{values.max():.3f}, {len(values)} runs) vs its "
+                         f"chance value ln(K + 1) = {chance:.3f} (K = {round(math.exp(chance) - 1)} queue negatives)"
+                         + ("" if method == "baseline" else "; for ε > 0 this is the IFM objective (L + L_ε)/2, "
+                            "which is above plain InfoNCE by construction"))
+            acc = group[f"{level}_acc"]
+            if acc.notna().any():
+                lines.append(f"  - its instance accuracy on the unperturbed logits (positive above every negative): "
+                             f"{acc.mean():.3f} (range {acc.min():.3f}–{acc.max():.3f}) vs chance "
+                             f"1/(K + 1) = {math.exp(-chance):.4f}")
+        if loss.notna().any() and not (trained.loc[trained["method"] == "baseline", f"{level}_loss"]
+                                       < chance - 0.5).all():
+            lines.append(f"- Caution: the baseline's {level}-level loss is not clearly (0.5 nats) below chance in every "
+                         f"run: the loss alone does not show that level trained (its instance accuracy above is the "
+                         f"other evidence), and a barely trained encoder's read-out says little about suppression.")
+    return lines

@@ -35,8 +35,6 @@ from copd_ifm.studies.shortcut import plots
 from copd_ifm.studies.shortcut.plan import ShortcutStudy
 from copd_ifm.studies.shortcut.regions import map_runs, run_regions
 
-RESULT_COLUMNS = ["method", "epsilon", "tau", "seed", "features", "latent", "kind", "metric", "value", "fold_sd",
-                  "folds_ok", "run_id"]
 ALPHA = 0.05
 CLAIM = ("Robinson et al. (NeurIPS 2021) show that contrastive encoders suppress features: the easy one "
          "(colour on Trifeature) is learned and the others (shape, texture) are suppressed, and claim that "
@@ -51,33 +49,11 @@ def primary_metric(kind: str) -> str:
     return "r2" if kind == "continuous" else "accuracy"
 
 
-def _long(per_fold: pd.DataFrame) -> pd.DataFrame:
-    """Per-fold CV rows (``cv.RESULT_COLUMNS``) → one row per features × latent × metric (fold mean, sd)."""
-    rows = []
-    for (features, latent, kind), group in per_fold.groupby(["method", "outcome", "kind"], sort=False):
-        for metric in (("r2",) if kind == "continuous" else ("accuracy", "one_off")):
-            values = group[metric].astype(float)
-            rows.append({"features": features, "latent": latent, "kind": kind, "metric": metric,
-                         "value": values.mean(), "fold_sd": values.std(), "folds_ok": int(values.notna().sum())})
-    return pd.DataFrame(rows)
-
-
 def collect_results(out: Path, plans: list[RunPlan], targets: list[Target], density: pd.DataFrame,
                     samples_per_dim: int, readout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results table :data:`RESULT_COLUMNS` under ``readout``, one row per finished run's ``result.json``)."""
-    done = finished(out, plans)
-    tables = ct_runs.readouts(out, [plan for plan, _ in done], targets, samples_per_dim, readout)
-    frames = []
-    for plan, _ in done:
-        table = _long(tables[plan.run_id])
-        if plan.control:
-            table["features"] = table["features"].map({"graph": "untrained", "patch": "untrained_patch"})
-        frames.append(table.assign(method=ct_runs.method(plan), epsilon=ct_runs.epsilon(plan), tau=ct_runs.tau(plan),
-                                   seed=plan.seed, run_id=plan.run_id))
-    density_folds = ct_runs.read_out({"densitometry": density}, targets, samples_per_dim, readout)
-    for name, per_fold in (("densitometry", density_folds), ("chance", ct_runs.chance_readout(targets))):
-        frames.append(_long(per_fold).assign(method=name, epsilon=math.nan, tau=math.nan, seed=math.nan, run_id=""))
-    return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS], pd.DataFrame([r for _, r in done])
+    """(results table ``ct_runs.RESULT_COLUMNS`` under ``readout``, one row per finished run's ``result.json``)."""
+    per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, samples_per_dim, readout)
+    return ct_runs.fold_means(per_fold), runs
 
 
 def comparisons(results: pd.DataFrame) -> pd.DataFrame:
@@ -171,33 +147,6 @@ def _comparison_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _training_lines(runs: pd.DataFrame) -> list[str]:
-    trained = runs[runs["method"] != "untrained"] if not runs.empty else runs
-    if trained.empty:
-        return ["- No trained run has finished yet."]
-    lines = []
-    for level in ("patch", "graph"):
-        loss, chance = trained[f"{level}_loss"], trained[f"{level}_chance"].iloc[0]
-        for method, group in trained.groupby("method"):
-            values = group[f"{level}_loss"]
-            lines.append(f"- {level}-level training loss after {int(trained['epochs'].iloc[0])} epochs, {method}: "
-                         f"{values.mean():.3f} (range {values.min():.3f}–{values.max():.3f}, {len(values)} runs) vs its "
-                         f"chance value ln(K + 1) = {chance:.3f} (K = {round(math.exp(chance) - 1)} queue negatives)"
-                         + ("" if method == "baseline" else "; for ε > 0 this is the IFM objective (L + L_ε)/2, "
-                            "which is above plain InfoNCE by construction"))
-            acc = group[f"{level}_acc"]
-            if acc.notna().any():
-                lines.append(f"  - its instance accuracy on the unperturbed logits (positive above every negative): "
-                             f"{acc.mean():.3f} (range {acc.min():.3f}–{acc.max():.3f}) vs chance "
-                             f"1/(K + 1) = {math.exp(-chance):.4f}")
-        if loss.notna().any() and not (trained.loc[trained["method"] == "baseline", f"{level}_loss"]
-                                       < chance - 0.5).all():
-            lines.append(f"- Caution: the baseline's {level}-level loss is not clearly (0.5 nats) below chance in every "
-                         f"run: the loss alone does not show that level trained (its instance accuracy above is the "
-                         f"other evidence), and a barely trained encoder's read-out says little about suppression.")
-    return lines
-
-
 def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: list[RunPlan], targets: list[Target],
                   results: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, n_landmarks: int,
                   n_subjects: int, sensitivity: list[str]) -> None:
@@ -213,7 +162,7 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
              f"{', '.join(f'{e:g}' for e in sorted(set(study.epsilons) - {0.0})) or 'empty (no IFM runs)'} against "
              f"the baseline ε = 0; "
              f"pretrain config `{study.pretrain}` with {json.dumps(study.pretrain_overrides)}.",
-             *_training_lines(runs),
+             *ct_runs.training_lines(runs),
              f"- Read-out: {study.folds}-fold cross-validation (fold seed {study.fold_seed}), the same folds for every "
              f"method, R² for continuous targets and accuracy for ordinal ones; "
              f"{readout_text(study.readout, study.samples_per_dim)} "
