@@ -16,7 +16,8 @@ over the family of outcomes × ε:
 Verdict (fixed before any result was seen): ``improvement`` / ``worse`` only when
 the folds test's adjusted interval excludes zero *and* the seeds test agrees
 (Holm p < α, same sign); an adjusted interval excluding zero alone is reported
-as a difference on these seeds' folds that the seeds do not confirm.
+as a difference on these seeds' folds that the seeds do not confirm. The
+report states this in :data:`METHOD`.
 """
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ from copd_ifm.stats import corrected_resampled_t, holm, min_detectable_effect, p
 
 ALPHA = 0.05
 BASELINE = "baseline"
+METHOD = ("For each seed, ε and outcome, IFM's score (R² or accuracy) minus the same seed's baseline on the same "
+          "fold. Two tests per outcome × ε, each Holm-adjusted over the family of outcomes × ε. **Seeds**: each "
+          "seed's mean difference over its folds, paired t over the seeds (is the gain larger than the "
+          "seed-to-seed variation of training?). **Folds**: the seed-mean difference per fold, Nadeau–Bengio "
+          "corrected resampled t over the repeated folds (the folds share training subjects), with the "
+          "Bonferroni-adjusted interval (level 1 − 0.05/m for m tests) and the smallest effect it detects at "
+          "80 % power (MDE). Verdict, fixed before any result was seen: *improvement* (or *worse*) only when "
+          "the folds test's adjusted interval excludes zero and the seeds test agrees (Holm p < 0.05, same "
+          "sign); an adjusted interval excluding zero alone is reported as a difference on these seeds' folds "
+          "that the seeds do not confirm.")
 
 
 def label(epsilon: float) -> str:

@@ -136,7 +136,7 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
              *_markdown_table2(table), ""]
     if not comparisons.empty:
         files.atomic_write_text(out / "comparisons.csv", comparisons.to_csv(index=False, float_format="%.6g"))
-        lines += ["## IFM − baseline", "", compare.__doc__.split("\n\n", 1)[1].strip(), "",
+        lines += ["## IFM − baseline", "", compare.METHOD, "",
                   f"Family: {len(comparisons)} tests (outcomes × ε); accuracies in points of %.", "",
                   *_comparison_lines(comparisons), "", "### Verdicts", "", *verdict_lines(comparisons), ""]
         diffs = compare.seed_differences(trained)
