@@ -186,23 +186,26 @@ def feature_sets(folder: Path) -> dict[str, pd.DataFrame]:
 
 
 def run_readout(out: Path, plan: RunPlan, targets: Sequence[Target], samples_per_dim: int,
-                readout: str) -> pd.DataFrame:
-    """The run's per-fold read-out under ``readout``: cached in ``readout-<protocol>.csv``, computed if missing."""
+                readout: str, levels: Sequence[str] | None = None) -> pd.DataFrame:
+    """The run's per-fold read-out under ``readout`` of its feature sets ``levels`` (default all): cached in
+    ``readout-<protocol>.csv``, computed if missing."""
     path = run_dir(out, plan.run_id) / f"readout-{readout}.csv"
     if path.is_file():
         return pd.read_csv(path)
-    table = read_out(feature_sets(run_dir(out, plan.run_id)), targets, samples_per_dim, readout)
+    sets = feature_sets(run_dir(out, plan.run_id))
+    table = read_out({k: v for k, v in sets.items() if levels is None or k in levels}, targets, samples_per_dim,
+                     readout)
     files.atomic_write_text(path, table.to_csv(index=False))
     return table
 
 
 def readouts(out: Path, plans: Sequence[RunPlan], targets: Sequence[Target], samples_per_dim: int,
-             readout: str) -> dict[str, pd.DataFrame]:
+             readout: str, levels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """:func:`run_readout` of every plan (run id → table), with a progress bar for the ones computed now."""
     todo = [p for p in plans if not (run_dir(out, p.run_id) / f"readout-{readout}.csv").is_file()]
     for plan in tqdm(todo, desc=f"read-out ({readout})", unit="run", disable=not todo):
-        run_readout(out, plan, targets, samples_per_dim, readout)
-    return {p.run_id: run_readout(out, p, targets, samples_per_dim, readout) for p in plans}
+        run_readout(out, plan, targets, samples_per_dim, readout, levels)
+    return {p.run_id: run_readout(out, p, targets, samples_per_dim, readout, levels) for p in plans}
 
 
 def _tagged(per_fold: pd.DataFrame, method_name: str, plan: RunPlan | None) -> pd.DataFrame:
@@ -215,12 +218,13 @@ def _tagged(per_fold: pd.DataFrame, method_name: str, plan: RunPlan | None) -> p
 
 
 def per_fold_results(out: Path, plans: Sequence[RunPlan], targets: Sequence[Target], density: pd.DataFrame,
-                     samples_per_dim: int, readout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-fold rows of every finished run, densitometry and chance under ``readout``, the finished runs'
-    ``result.json`` rows). Per-fold columns: ``cv.RESULT_COLUMNS`` with ``method`` renamed ``features``,
-    plus repeat, method, epsilon, tau, seed and run_id."""
+                     samples_per_dim: int, readout: str,
+                     levels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-fold rows of every finished run (its feature sets ``levels``, default all), densitometry and chance
+    under ``readout``, the finished runs' ``result.json`` rows). Per-fold columns: ``cv.RESULT_COLUMNS`` with
+    ``method`` renamed ``features``, plus repeat, method, epsilon, tau, seed and run_id."""
     done = finished(out, plans)
-    tables = readouts(out, [plan for plan, _ in done], targets, samples_per_dim, readout)
+    tables = readouts(out, [plan for plan, _ in done], targets, samples_per_dim, readout, levels)
     frames = [_tagged(tables[plan.run_id], method(plan), plan) for plan, _ in done]
     frames.append(_tagged(read_out({"densitometry": density}, targets, samples_per_dim, readout), "densitometry", None))
     frames.append(_tagged(chance_readout(targets), "chance", None))

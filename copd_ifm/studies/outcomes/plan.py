@@ -43,7 +43,7 @@ class OutcomesStudy:
     pretrain: str = "ifm"
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     outcomes: list[str] = field(default_factory=lambda: list(OUTCOMES))
-    features: str = "graph"                   # the feature set tested (the anchor's subject feature); patch shown
+    features: str = "graph"                   # the feature set read out and tested (the anchor's subject feature)
     folds: int = 5
     repeats: int = 2                          # repeated k-fold: repeat r uses fold seed fold_seed + r
     fold_seed: int = 0

@@ -123,7 +123,8 @@ def _scale_lines(study: OutcomesStudy, cohort: CohortConfig, plans: list[RunPlan
 def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: list[RunPlan], targets: list[Target],
                  density: pd.DataFrame, skipped: list[str]) -> pd.DataFrame:
     """Write every report file from the finished runs; returns the comparison table."""
-    per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, study.readout)
+    per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, study.readout,
+                                              [study.features])
     files.atomic_write_text(out / "results.csv", ct_runs.fold_means(per_fold).to_csv(index=False, float_format="%.8g"))
     table = table2(study, per_fold, targets)
     files.atomic_write_text(out / "table2.csv", table.to_csv(index=False, float_format="%.6g"))
@@ -145,14 +146,15 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
                                    reference=compare.BASELINE)
         plot_differences(diffs, shown, out / "differences.png")
     for protocol in [p for p in study.sensitivity if p != study.readout]:
-        other, _ = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, protocol)
+        other, _ = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, protocol,
+                                            [study.features])
         lines += [f"## Sensitivity: read-out protocol `{protocol}`", "",
                   f"The same runs and splits read out by {readout_text(protocol, study.samples_per_dim)} Shown only "
                   f"to judge how much the numbers depend on the protocol; the declared `{study.readout}` stays the "
                   f"result.", "", *_markdown_table2(table2(study, other, targets)), ""]
     plot_shortcut(ct_runs.fold_means(per_fold), [t.outcome for t in targets], out / "outcomes.png")
-    lines += ["## Figures", "", "- `outcomes.png`: score per outcome vs ε (mean ± sd over seeds, per feature level) "
-              "with the control lines.", "- `differences.png`: IFM − baseline per fold (seed mean; dots), its mean "
+    lines += ["## Figures", "", "- `outcomes.png`: score per outcome vs ε (mean ± sd over seeds) with the control "
+              "lines.", "- `differences.png`: IFM − baseline per fold (seed mean; dots), its mean "
               "and the Bonferroni-adjusted interval of the folds test.", ""]
     files.atomic_write_text(out / "summary.md", "\n".join(lines))
     return comparisons
