@@ -30,7 +30,7 @@ def collect_rows(out: Path, plans: Sequence[Planned], saved: Path | None = None,
     if saved is not None and saved.is_file():
         frame = pd.read_csv(saved)
         if "run_id" in frame.columns:
-            recorded = {str(r["run_id"]): r for r in frame.to_dict("records")}
+            recorded = {str(r["run_id"]): {str(k): v for k, v in r.items()} for r in frame.to_dict("records")}
     unplanned = sorted(recorded.keys() - {plan.run_id for plan in plans})
     if unplanned:
         raise UserError(f"{saved} holds {len(unplanned)} run(s) this study does not plan (e.g. {unplanned[0]}): it "
