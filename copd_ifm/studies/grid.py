@@ -8,7 +8,7 @@ from typing import Any
 
 #: Short names of swept config fields in run ids (other fields: dots become dashes).
 SHORT = {"loss.temperature": "tau", "loss.hcl_beta": "beta", "loss.tau_plus": "tauplus", "loss.epsilon": "eps",
-         "loss.alpha": "alpha"}
+         "loss.alpha": "alpha", "method": ""}
 CONTROL_PREFIX = "untrained"
 
 

@@ -155,14 +155,14 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     config = run_config(study, plan)
     started = time.time()
     if plan.control:
-        _save_untrained(config, run_dir)
+        save_untrained(config, run_dir)
         train_loss = None
     else:
         train_loss = pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device).get("loss")
     return _measure(study, plan, config, run_dir, device, started, train_loss)
 
 
-def _save_untrained(config: VisionConfig, run_dir: Path) -> None:
+def save_untrained(config: VisionConfig, run_dir: Path) -> None:
     """A run folder whose checkpoint holds the untrained model: the initial weights pretraining would start from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_resolved(config, run_dir / "config.yaml")
