@@ -1,12 +1,12 @@
-"""``copd-ifm synth | preprocess | pretrain | extract | evaluate | demo``: the CT stages."""
+"""``copd-ifm inspect | synth | preprocess | pretrain | extract | evaluate | visualize-ifm | demo``: the CT stages."""
 from __future__ import annotations
 
 import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from copd_ifm.cli.args import (add_extend, add_ifm_only, add_set, cohort_overrides, common, fmt, overrides, shard,
-                               workers)
+from copd_ifm.cli.args import (VISUALIZE_COMMANDS, add_extend, add_ifm_only, add_set, add_visualize_ifm, cohort_overrides,
+                               common, fmt, neighbours_line, overrides, shard, workers)
 from copd_ifm.errors import UserError
 
 if TYPE_CHECKING:
@@ -138,6 +138,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize_ifm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from copd_ifm.contrastive.rundir import check_kind
+    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours
+
+    check_kind(args.run, "ct", VISUALIZE_COMMANDS)
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    result = ct_ifm_neighbours(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(neighbours_line(result, "subjects", out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from copd_ifm.demo import run_demo
 
@@ -148,16 +161,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_study_shortcut(args: argparse.Namespace) -> int:
-    from copd_ifm.studies.shortcut.plan import load_study, parse_list
+    from copd_ifm.config import parse_floats
+    from copd_ifm.studies.shortcut.plan import load_study
     from copd_ifm.studies.shortcut.run import run_study
 
     extra: dict = {}
     if args.seeds is not None:
         extra["seeds"] = args.seeds
     if args.eps is not None:
-        extra["epsilons"] = parse_list(args.eps, "--eps")
+        extra["epsilons"] = parse_floats(args.eps, "--eps")
     if args.tau is not None:
-        extra["taus"] = parse_list(args.tau, "--tau")
+        extra["taus"] = parse_floats(args.tau, "--tau")
     study = load_study(args.scale, args.config, args.overrides, extra)
     out = run_study(study, args.out or f"outputs/studies/shortcut-{args.scale}", shard=args.shard,
                     device=args.device, report_only=args.report_only)
@@ -314,6 +328,8 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     add_set(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    add_visualize_ifm(sub, "pretrain", "subjects of the run's store").set_defaults(func=cmd_visualize_ifm)
 
     p = sub.add_parser("demo", help="the whole chain on the embedded synthetic cohort", formatter_class=fmt)
     p.add_argument("--out", default="outputs/demo", help="folder for runs and the report")
