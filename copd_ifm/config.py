@@ -9,9 +9,11 @@ mapping against it (unknown keys, wrong types and out-of-range values are
 rejected with a one-line :class:`~copd_ifm.errors.UserError` naming the file
 and the dotted field). Overrides travel as one ``{"a.b": value}`` mapping:
 CLI flags put their typed values in it, ``--set a.b=value`` strings are parsed
-into it once (:func:`dotted`), and :func:`apply_overrides` applies it; a config
-YAML may inherit another with ``base: NAME`` (:func:`read_config`); and :func:`save_resolved` writes the fully resolved config next to a
-run's outputs.
+into it once (:func:`dotted`), and :func:`apply_overrides` applies it, one
+:func:`set_dotted` at a time; a config YAML may inherit another with ``base: NAME``
+(:func:`read_config`); :func:`named_config` is the one lookup of a config by name,
+:func:`parse_floats` the one reader of comma-separated numbers (``--eps 0.1,0.5``);
+and :func:`save_resolved` writes the fully resolved config next to a run's outputs.
 """
 from __future__ import annotations
 

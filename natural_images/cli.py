@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from copd_ifm.cli.args import (VISUALIZE_COMMANDS, Parser, add_extend, add_ifm_only, add_set, add_visualize_ifm, common,
-                               fmt, neighbours_line, overrides, shard, workers)
+from copd_ifm.cli.args import (Parser, add_extend, add_ifm_only, add_set, add_visualize_ifm, common, fmt, overrides,
+                               run_visualize_ifm, shard, workers)
 
 log = logging.getLogger("copd_ifm")
 
@@ -65,16 +65,9 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
 
 
 def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from copd_ifm.contrastive.rundir import check_kind
     from natural_images.visualize import visualize_ifm
 
-    check_kind(args.run, "vision", VISUALIZE_COMMANDS)
-    out = Path(args.out) if args.out else Path(args.run) / "ifm"
-    result = visualize_ifm(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
-    print(neighbours_line(result, "training images", out))
-    return 0
+    return run_visualize_ifm(args, "vision", visualize_ifm, "training images")
 
 
 def cmd_vision_robust(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Argument plumbing shared by every ``copd-ifm`` subcommand: one-line parse errors, typed values, and the
-one override path (flags and ``--set`` items become one ``{"dotted.key": value}`` mapping)."""
+one override path (flags and ``--set`` items become one ``{"dotted.key": value}`` mapping); also the flags and
+the runner of ``visualize-ifm``, which the CT stages and the vision half (``natural_images.cli``) both have."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -107,7 +109,14 @@ def add_visualize_ifm(sub: argparse._SubParsersAction, run: str, items: str) -> 
     return p
 
 
-def neighbours_line(result: dict, items: str, out: Path) -> str:
-    """What ``visualize-ifm`` prints: anchors, ε, bank and the grid's path."""
-    return (f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
-            f"{result['bank_size']} {items}): {out / 'ifm_neighbours.png'}")
+def run_visualize_ifm(args: argparse.Namespace, kind: str, draw: Callable[..., dict], items: str) -> int:
+    """Run a ``visualize-ifm`` command: refuse a run of another kind (naming its command), ``draw`` the grid
+    into ``--out`` (unset: ``RUN/ifm``) and print anchors, ε, the bank of ``items`` and the grid's path."""
+    from copd_ifm.contrastive.rundir import check_kind
+
+    check_kind(args.run, kind, VISUALIZE_COMMANDS)
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
+          f"{result['bank_size']} {items}): {out / 'ifm_neighbours.png'}")
+    return 0

@@ -5,8 +5,8 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from copd_ifm.cli.args import (VISUALIZE_COMMANDS, add_extend, add_ifm_only, add_set, add_visualize_ifm, cohort_overrides,
-                               common, fmt, neighbours_line, overrides, shard, workers)
+from copd_ifm.cli.args import (add_extend, add_ifm_only, add_set, add_visualize_ifm, cohort_overrides, common, fmt,
+                               overrides, run_visualize_ifm, shard, workers)
 from copd_ifm.errors import UserError
 
 if TYPE_CHECKING:
@@ -139,16 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize_ifm(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from copd_ifm.contrastive.rundir import check_kind
     from copd_ifm.evaluation.neighbours import ct_ifm_neighbours
 
-    check_kind(args.run, "ct", VISUALIZE_COMMANDS)
-    out = Path(args.out) if args.out else Path(args.run) / "ifm"
-    result = ct_ifm_neighbours(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
-    print(neighbours_line(result, "subjects", out))
-    return 0
+    return run_visualize_ifm(args, "ct", ct_ifm_neighbours, "subjects")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
