@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_ct_parsers(sub)
     add_vision_parser(sub)
-    p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression)",
+    p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression; outcomes: Table 2)",
                        formatter_class=fmt)
     common(p)
     ssub = p.add_subparsers(dest="study_cmd", metavar="STUDY", parser_class=Parser)

@@ -172,24 +172,58 @@ def cmd_study_shortcut(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_study_parsers(ssub: argparse._SubParsersAction) -> None:
-    """``copd-ifm study shortcut``."""
-    p = ssub.add_parser("shortcut", help="CT shortcut study: latent read-out of baseline vs IFM encoders",
-                        formatter_class=fmt)
-    p.add_argument("--scale", choices=["tiny", "small", "paper"], default="tiny",
-                   help="tiny: CI smoke test; small: 2-core CPU, about an hour; paper: GPU, 1 mm, 400+ subjects")
-    p.add_argument("--config", default=None, help="study YAML; unset: configs/studies/shortcut-SCALE.yaml")
+def cmd_study_outcomes(args: argparse.Namespace) -> int:
+    from copd_ifm.config import parse_floats
+    from copd_ifm.studies.outcomes.plan import load_study
+    from copd_ifm.studies.outcomes.run import run_study
+
+    extra: dict = {}
+    if args.seeds is not None:
+        extra["seeds"] = args.seeds
+    if args.eps is not None:
+        extra["epsilons"] = parse_floats(args.eps, "--eps")
+    if args.cohort is not None:
+        extra["cohort"] = args.cohort
+    study = load_study(args.scale, args.config, args.overrides, extra)
+    out = run_study(study, args.out or f"outputs/studies/outcomes-{args.scale}", shard=args.shard,
+                    device=args.device, report_only=args.report_only)
+    print(f"outcomes study ({args.scale}): {out / 'summary.md'}, table2.csv, comparisons.csv, differences.png")
+    return 0
+
+
+def _study_flags(p: argparse.ArgumentParser, name: str) -> None:
+    """The flags every CT study takes."""
+    p.add_argument("--config", default=None, help=f"study YAML; unset: configs/studies/{name}-SCALE.yaml")
     p.add_argument("--seeds", type=workers, default=None, help="seeds per setting; unset: the config's")
     p.add_argument("--eps", default=None, help="IFM ε grid, e.g. 0.1,0.5 (the baseline ε = 0 always runs)")
-    p.add_argument("--tau", default=None, help="τ sweep, e.g. 0.05,0.2,0.5; unset: the config's")
-    p.add_argument("--out", default=None, help="study folder; unset: outputs/studies/shortcut-SCALE")
+    p.add_argument("--out", default=None, help=f"study folder; unset: outputs/studies/{name}-SCALE")
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
                    help="run only every N-th run from the K-th (one process per GPU or core)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished runs")
     add_set(p)
     common(p)
+
+
+def add_study_parsers(ssub: argparse._SubParsersAction) -> None:
+    """``copd-ifm study shortcut`` and ``copd-ifm study outcomes``."""
+    p = ssub.add_parser("shortcut", help="CT shortcut study: latent read-out of baseline vs IFM encoders",
+                        formatter_class=fmt)
+    p.add_argument("--scale", choices=["tiny", "small", "paper"], default="tiny",
+                   help="tiny: CI smoke test; small: 2-core CPU, about an hour; paper: GPU, 1 mm, 400+ subjects")
+    p.add_argument("--tau", default=None, help="τ sweep, e.g. 0.05,0.2,0.5; unset: the config's")
+    _study_flags(p, "shortcut")
     p.set_defaults(func=cmd_study_shortcut)
+    p = ssub.add_parser("outcomes", help="outcomes study (the IFM paper's Table 2): does IFM beat the baseline "
+                        "on this cohort's outcomes?", formatter_class=fmt)
+    p.add_argument("--scale", choices=["tiny", "small", "paper"], default="tiny",
+                   help="tiny: CI smoke test; small: synthetic cohort on a 2-core CPU, under an hour; paper: "
+                        "COPDGene on GPUs, the anchor's model and schedule")
+    p.add_argument("--cohort", default=None,
+                   help="'synthetic' (built in the study folder) or a cohort name / YAML with a preprocessed "
+                        "store; unset: the config's")
+    _study_flags(p, "outcomes")
+    p.set_defaults(func=cmd_study_outcomes)
 
 
 # --- inspect (issue 21): look at a cohort's files before preprocessing them ---

@@ -18,7 +18,7 @@ mean against all of them). Studies
   InfoNCE loss vs read-out error per feature and between features.
 
 Modules: :mod:`.config` (StudyConfig), :mod:`.plan` (runs and their configs),
-:mod:`.run` (dataset, runs, controls, results), :mod:`.report` (tables,
+:mod:`.run` (dataset, runs, controls), :mod:`.report` (finished results, tables,
 plots, ``summary.md``). Study folder::
 
     OUT/study.yaml                 resolved StudyConfig (a rerun with other settings is refused)
@@ -43,11 +43,11 @@ similarities equal) it is ln(2N − 1).
 """
 from natural_images.studies.config import (DATASETS, SCALES, STUDIES, STUDY_CONFIG_DIR, DigitsData, StudyConfig,
                                            TrifeatureData, data_size, load_study_config)
-from natural_images.studies.plan import RunPlan, plan_controls, plan_runs, run_config
-from natural_images.studies.report import aggregate, ifm_cells, paired_difference
-from natural_images.studies.run import collect_results, ensure_dataset, execute_run, final_infonce, run_study
+from natural_images.studies.plan import plan_controls, plan_runs, run_config
+from natural_images.studies.report import aggregate, collect_results, ifm_cells, paired_difference
+from natural_images.studies.run import ensure_dataset, execute_run, final_infonce, run_study
 
-__all__ = ["DATASETS", "SCALES", "STUDIES", "STUDY_CONFIG_DIR", "DigitsData", "RunPlan", "StudyConfig",
+__all__ = ["DATASETS", "SCALES", "STUDIES", "STUDY_CONFIG_DIR", "DigitsData", "StudyConfig",
            "TrifeatureData", "aggregate", "collect_results", "data_size", "ensure_dataset",
            "execute_run", "final_infonce", "ifm_cells", "load_study_config", "paired_difference", "plan_controls", "plan_runs",
            "run_config", "run_study"]

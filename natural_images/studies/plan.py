@@ -1,45 +1,18 @@
-"""The runs of a study: sweep points × seeds, untrained-encoder controls (at least one per seed), each run's config."""
+"""The runs of a vision study (:mod:`copd_ifm.studies.grid`: sweep points × seeds, untrained controls) and each run's config."""
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import dataclass
-from typing import Any
 
 from copd_ifm import config as cfg
 from copd_ifm.errors import UserError
+from copd_ifm.studies.grid import RunPlan, controls, sweep_runs
 from natural_images.config import VisionConfig
 from natural_images.studies.config import StudyConfig, data_size
-
-# Short names of swept VisionConfig fields in run ids and result columns.
-SHORT = {"loss.temperature": "tau", "loss.hcl_beta": "beta", "loss.tau_plus": "tauplus", "loss.epsilon": "eps",
-         "loss.alpha": "alpha"}
-CONTROL_PREFIX = "untrained"
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    run_id: str
-    values: tuple[tuple[str, Any], ...]    # (dotted field, value) of the sweep point, seed included
-    control: bool = False                  # an untrained encoder: no pretraining, read out only
-
-
-def fmt(value: Any) -> str:
-    """``0.1`` → ``"0.1"``, ``1.0`` → ``"1"``; other values as ``str``."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def plan_runs(study: StudyConfig) -> list[RunPlan]:
     """Every pretraining run of the study, in sweep order, each once."""
-    plans: dict[str, RunPlan] = {}
-    for sweep in study.sweeps:
-        keys = sorted(sweep)
-        for combo in itertools.product(*(sweep[k] for k in keys)):
-            for seed in range(study.seeds):
-                values = tuple(zip(keys, combo)) + (("seed", seed),)
-                run_id = "_".join(f"{SHORT.get(k, k.replace('.', '-'))}{fmt(v)}" for k, v in values)
-                plans.setdefault(run_id, RunPlan(run_id, values))
-    return list(plans.values())
+    return sweep_runs(study.sweeps, study.seeds)
 
 
 def plan_controls(study: StudyConfig) -> list[RunPlan]:
@@ -48,13 +21,10 @@ def plan_controls(study: StudyConfig) -> list[RunPlan]:
     Seeds beyond the study's are extra random initialisations: they pin down the untrained floor, whose
     read-out varies more between initialisations than the trained runs' does.
     """
-    if not study.control:
-        return []
-    return [RunPlan(f"{CONTROL_PREFIX}_seed{seed}", (("seed", seed),), control=True)
-            for seed in range(max(study.seeds, study.controls))]
+    return controls(max(study.seeds, study.controls)) if study.control else []
 
 
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set(tree: dict, dotted: str, value: object) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
     for key in parents:

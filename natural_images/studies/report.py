@@ -29,11 +29,23 @@ from copd_ifm.stats import holm, paired_difference, welch_difference
 from natural_images import study_plots
 from natural_images.config import LinearConfig
 from natural_images.studies.config import StudyConfig, data_size
-from natural_images.studies.plan import fmt, plan_runs
-from natural_images.studies.run import collect_results
+from copd_ifm.studies.grid import fmt
+from copd_ifm.studies.results import collect_rows
+from natural_images.studies.plan import plan_controls, plan_runs
 
 LOSS_NEAR_CHANCE = 0.95      # a mean final InfoNCE above this share of ln(2N − 1) counts as "at chance"
 ALPHA = 0.05
+#: The leading columns of ``results.csv`` / ``controls.csv`` (a run's ``result.json`` keys, then accuracies).
+RESULT_COLUMNS = ("run_id", "seed", "dataset", "temperature", "hcl_beta", "tau_plus", "ifm_eps", "ifm_alpha",
+                  "epochs", "arch", "width", "stem", "image_size", "train_images", "train_loss", "final_loss",
+                  "loss_pairs", "chance_loss", "wall_s")
+
+
+def collect_results(study: StudyConfig, out: Path, controls: bool = False) -> pd.DataFrame:
+    """Rows of every planned run (``controls``: every control) that finished, in plan order; a run whose
+    folder is gone keeps its row of ``results.csv`` (``controls.csv``)."""
+    plans = plan_controls(study) if controls else plan_runs(study)
+    return collect_rows(out, plans, out / ("controls.csv" if controls else "results.csv"), RESULT_COLUMNS)
 
 
 def study_features(table: pd.DataFrame) -> list[str]:

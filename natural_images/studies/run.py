@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -11,9 +10,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from copd_ifm import config as cfg
 from copd_ifm import files
@@ -22,6 +19,10 @@ from copd_ifm.contrastive import distributed as D
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.contrastive.runtime import loader_workers, seed_everything
 from copd_ifm.errors import UserError
+from copd_ifm.studies import folder as study_folder
+from copd_ifm.studies.folder import check_or_save_study, read_result, write_result
+from copd_ifm.studies.grid import RunPlan
+from copd_ifm.studies.runner import check_shard, raise_if_failed, run_shard
 from natural_images.augment import TwoViews, train_transform
 from natural_images.backbones import resolve_stem
 from natural_images.config import DataConfig, VisionConfig
@@ -33,7 +34,8 @@ from natural_images.linear import linear_readout
 from natural_images.methods import build_model
 from natural_images.run import load_model
 from natural_images.studies.config import StudyConfig
-from natural_images.studies.plan import RunPlan, plan_controls, plan_runs, run_config
+from natural_images.studies.plan import plan_controls, plan_runs, run_config
+from natural_images.studies.report import aggregate
 from natural_images.train import pretrain
 from natural_images.trifeature import TrifeatureSpec, make_trifeature
 
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 
 # Study fields that may change between invocations on one study folder (where data lives, loader processes).
 RUNTIME_FIELDS = ("run.data.root", "run.data.workers", "digits.raw_root", "keep_checkpoints")
-RESULT_COLUMNS = ("run_id", "seed", "dataset", "temperature", "hcl_beta", "tau_plus", "ifm_eps", "ifm_alpha",
-                  "epochs", "arch", "width", "stem", "image_size", "train_images", "train_loss", "final_loss",
-                  "loss_pairs", "chance_loss", "wall_s")
-
 
 def ensure_dataset(study: StudyConfig, workers: int = 1) -> Path:
     """The study's dataset folder under ``run.data.root``, generated if missing; a foreign one is refused.
@@ -139,7 +137,7 @@ def _measure(study: StudyConfig, plan: RunPlan, config: VisionConfig, run_dir: P
         row[f"err_{feature}"] = round(100.0 - top1, 4)
     for feature, share in majority_shares(build_dataset(config.data, "test")).items():
         row[f"chance_{feature}"] = round(share, 4)
-    files.atomic_write_text(run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+    write_result(run_dir, row)
     if not study.keep_checkpoints:  # the report needs result.json only; checkpoints are ~100 MB each
         Checkpointer(run_dir).path.unlink(missing_ok=True)
     return row
@@ -150,10 +148,10 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
 
     Writes ``result.json`` last and returns the result row; a finished run only returns its row.
     """
-    run_dir = out / "runs" / plan.run_id
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text(encoding="utf-8"))
+    done = read_result(out, plan.run_id)
+    if done is not None:
+        return done
+    run_dir = study_folder.run_dir(out, plan.run_id)
     config = run_config(study, plan)
     started = time.time()
     if plan.control:
@@ -173,83 +171,18 @@ def _save_untrained(config: VisionConfig, run_dir: Path) -> None:
     Checkpointer(run_dir).save({"epoch": 0, "model": model.state_dict()})
 
 
-def _check_or_save_study(study: StudyConfig, out: Path) -> None:
-    """Write ``OUT/study.yaml``; refuse to mix runs of different settings in one folder.
-
-    Seeds, controls and sweeps may grow (new runs join the study) and where the data
-    lives may change (:data:`RUNTIME_FIELDS`); anything else is a different study.
-    """
-    path = out / "study.yaml"
-    if path.is_file():
-        saved = cfg.flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-        now = cfg.flatten(cfg.to_dict(study))
-        default = cfg.flatten(cfg.to_dict(StudyConfig()))  # fields newer than the saved file hold their default
-        changed = sorted(k for k in saved.keys() | now.keys()
-                         if not k.startswith(("seeds", "controls", "sweeps", "scale")) and k not in RUNTIME_FIELDS
-                         and saved.get(k, default.get(k)) != now.get(k))
-        if changed:
-            raise UserError(f"{path}: this folder holds a study with {changed[0]}={saved.get(changed[0])!r}, "
-                            f"not {now.get(changed[0])!r}; use another --out (or delete the folder to start over)")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_resolved(study, path)
-
-
 def run_study(study: StudyConfig, out: str | Path, shard: tuple[int, int] = (0, 1), device: str = "auto",
               workers: int = 1) -> pd.DataFrame:
     """Run this shard's unfinished runs and controls, then aggregate every finished run; returns the table."""
-    from natural_images.studies.report import aggregate  # the report reads what this module writes
-
     out = Path(out)
     plans = plan_runs(study) + plan_controls(study)
     for plan in plans:
         run_config(study, plan)  # every run's config is valid before hours of compute start
-    _check_or_save_study(study, out)
+    check_shard(shard)
+    # seeds, controls and sweeps may grow (new runs join the study); scale names only the config it came from
+    check_or_save_study(study, out, growable=("seeds", "controls", "sweeps", "scale"), runtime=RUNTIME_FIELDS)
     ensure_dataset(study, workers)
-    failed = []
-    for plan in tqdm(plans[shard[0]::shard[1]], desc=f"{study.study} study", unit="run"):
-        if (out / "runs" / plan.run_id / "result.json").is_file():
-            continue
-        log.info("run %s", plan.run_id)
-        try:
-            execute_run(study, plan, out, device)
-        except UserError:
-            raise
-        except Exception:  # one crashed run must not stop a long sweep; it is retried on the next invocation
-            log.exception("run %s failed", plan.run_id)
-            failed.append(plan.run_id)
+    failed = run_shard(plans, out, lambda plan: execute_run(study, plan, out, device), shard, f"{study.study} study")
     table = aggregate(study, out)
-    if failed:
-        raise UserError(f"{len(failed)} run(s) failed ({', '.join(failed)}); see the log above, then rerun the "
-                        "same command to retry them (finished runs are kept)")
+    raise_if_failed(failed)
     return table
-
-
-def collect_results(study: StudyConfig, out: Path, controls: bool = False) -> pd.DataFrame:
-    """Rows of every planned run (``controls``: every control) that finished, in plan order.
-
-    A run is finished when its folder holds ``result.json``, or when the folder's ``results.csv``
-    (``controls.csv``) already has its row: a study folder copied or committed without its run folders
-    keeps every result it reports, so re-aggregating it never drops runs.
-    """
-    plans = plan_controls(study) if controls else plan_runs(study)
-    saved = out / ("controls.csv" if controls else "results.csv")
-    recorded: dict[str, dict] = {}
-    if saved.is_file():
-        frame = pd.read_csv(saved)
-        if "run_id" in frame.columns:
-            recorded = {str(r["run_id"]): r for r in frame.to_dict("records")}
-    unplanned = sorted(recorded.keys() - {plan.run_id for plan in plans})
-    if unplanned:
-        raise UserError(f"{saved} holds {len(unplanned)} run(s) this study does not plan (e.g. {unplanned[0]}): it "
-                        f"was made with other settings (see {out / 'study.yaml'}); pass those (--scale, --config, "
-                        f"--seeds) or give another --out, so that its summary keeps every run")
-    rows = []
-    for plan in plans:
-        path = out / "runs" / plan.run_id / "result.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text(encoding="utf-8")))
-        elif plan.run_id in recorded:
-            rows.append(recorded[plan.run_id])
-    table = pd.DataFrame(rows)
-    first = [c for c in RESULT_COLUMNS if c in table.columns]
-    return table[first + [c for c in table.columns if c not in first]]

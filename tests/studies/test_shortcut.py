@@ -18,8 +18,8 @@ from copd_ifm.cohort import phenotypes
 from copd_ifm.cohort.synthetic import generate_cohort
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
+from copd_ifm.studies import ct_runs
 from copd_ifm.studies.shortcut import report
-from copd_ifm.studies.shortcut import run as study_run
 from copd_ifm.studies.shortcut.plan import load_study, plan_runs
 from copd_ifm.studies.shortcut.run import run_study
 from tests import helpers
@@ -108,7 +108,8 @@ def test_plan_and_shards() -> None:
     plans = plan_runs(study, 0.2)
     assert len(plans) == 3 * (1 + 2 * 3)                 # per seed: untrained + 2 τ × (baseline + 2 ε)
     assert len({p.run_id for p in plans}) == len(plans)
-    assert sorted(p.epsilon for p in plans if p.seed == 0 and p.tau == 0.1) == [0.0, 0.1, 0.5]
+    assert sorted(ct_runs.epsilon(p) for p in plans if p.seed == 0 and ct_runs.tau(p) == 0.1) == [0.0, 0.1, 0.5]
+    assert plans[0].control and plans[0].run_id == "untrained_seed0" and plans[1].run_id == "tau0.1_eps0_seed0"
     shards = [plans[k::3] for k in range(3)]
     assert sorted(p.run_id for s in shards for p in s) == sorted(p.run_id for p in plans)
 
@@ -134,7 +135,7 @@ def test_study_end_to_end(finished: Path) -> None:
     assert (f"instance accuracy on the unperturbed logits (positive above every negative): "
             f"{np.mean(baseline_acc):.3f}") in summary
     assert f"1/(K + 1) = {np.exp(-queue):.4f}" in summary
-    regions = pd.read_csv(finished / "runs" / "tau0.2_eps0_seed0" / "regions.csv")
+    regions = pd.read_csv(finished / "runs" / "tau0.2_eps0_seed0" / "regions-nested.csv")
     nodes = np.load(finished / "runs" / "tau0.2_eps0_seed0" / "nodes.npy")
     assert len(regions) == nodes.shape[1] and nodes.shape[0] == 10
 
@@ -160,8 +161,8 @@ def test_finished_study_is_skipped_on_rerun(finished: Path, monkeypatch) -> None
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was redone")
 
-    monkeypatch.setattr(study_run, "pretrain", must_not_run)
-    monkeypatch.setattr(study_run, "extract_features", must_not_run)
+    monkeypatch.setattr(ct_runs, "pretrain", must_not_run)
+    monkeypatch.setattr(ct_runs, "extract_features", must_not_run)
     run_study(_study(), finished, device="cpu")
     pd.testing.assert_frame_equal(_numbers(finished), before)
 
@@ -192,6 +193,22 @@ def test_interrupted_shard_resumes_to_the_same_numbers(finished: Path, tmp_path:
     pd.testing.assert_frame_equal(_numbers(out), expected)
     assert math.isfinite(json.loads((out / "runs" / "tau0.2_eps0.5_seed1" / "result.json")
                                     .read_text(encoding="utf-8"))["patch_loss"])
+
+
+@pytest.mark.slow
+def test_the_readout_protocol_changes_only_the_report(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    """Swapping the declared and the sensitivity protocol re-reports the same runs: the numbers swap too."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    monkeypatch.setattr(ct_runs, "pretrain", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    swapped = load_study("tiny", extra={**EXTRA, "readout": "pca-rule", "sensitivity": ["nested"]})
+    run_study(swapped, copy, device="cpu", report_only=True)
+    declared = pd.read_csv(finished / "results.csv")
+    shown = pd.read_csv(copy / "sensitivity.csv")
+    pd.testing.assert_frame_equal(shown.drop(columns="readout"), declared)
+    before = pd.read_csv(finished / "sensitivity.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "results.csv"), before.drop(columns="readout"))
+    assert "## Sensitivity: read-out protocol `nested`" in (copy / "summary.md").read_text(encoding="utf-8")
 
 
 def _rows(method: str, values: list[float], epsilon: float = 0.0) -> list[dict]:

@@ -9,57 +9,33 @@ same initial weights as that seed's trained runs). Each run is then read out
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from copd_ifm import config as cfg_io
 from copd_ifm.cohort.config import CohortConfig
-from copd_ifm.cohort.phenotypes import SITES, check_nuisance
+from copd_ifm.cohort.phenotypes import SITES
 from copd_ifm.cohort.synthetic_subject import LATENT_COLUMNS
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.context.train import resolve_pretrain_config
 from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome, parse_outcomes
-from copd_ifm.evaluation.readout import READOUTS
+from copd_ifm.evaluation.readout import DEFAULT_READOUT, READOUTS
+from copd_ifm.studies import ct_runs, folder
+from copd_ifm.studies.ct_runs import StudyCohort
+from copd_ifm.studies.grid import RunPlan, controls, seed_major, sweep_runs
 
 SCALES = ("tiny", "small", "paper")
 STUDY_CONFIG_DIR = cfg_io.CONFIG_DIR / "studies"
-#: Pretrain config fields the study sweeps (dotted keys as for ``--set``).
-EPSILON_FIELD = "loss.epsilon"
-TAU_FIELD = "loss.temperature"
 #: Latents that can be read out: every ground-truth column of ``latents.csv`` except the id.
 READABLE_LATENTS = tuple(c for c in LATENT_COLUMNS if c != "sid")
 #: The scanner site is categorical; its levels are ordered by noise level (the site table is monotone),
 #: so it is read out like the ordinal outcomes, scored by accuracy.
 SITE = Outcome("site", "ordinal", "site", "scanner site (levels ordered by noise sd)",
                tuple(f"site {i}" for i in range(len(SITES))))
-# Study fields that may change between invocations on one study folder.
-RUNTIME_FIELDS = ("cohort.workers",)
-
-
-@dataclass
-class StudyCohort:
-    """The study's synthetic cohort (generated once under ``OUT/cohort``, preprocessed once into ``OUT/store``)."""
-
-    n: int = 24
-    seed: int = 0
-    spacing_mm: float = 4.0
-    patch_size: int = 8               # voxels at spacing_mm
-    landmark_step_mm: float = 40.0
-    nuisance: float = 1.0             # scale of the scanner differences between sites (0: none)
-    workers: int = 2                  # processes for synthesis and preprocessing
-
-    def validate(self) -> None:
-        if self.n < 10:
-            raise ValueError(f"cohort.n must be >= 10 for a cross-validated read-out, got {self.n}")
-        if self.workers < 1:
-            raise ValueError(f"cohort.workers must be >= 1, got {self.workers}")
-        check_nuisance(self.nuisance)
+# Study fields that may change between invocations on one study folder (they change no run).
+RUNTIME_FIELDS = ("cohort.workers", "readout", "sensitivity")
 
 
 @dataclass
@@ -79,7 +55,8 @@ class ShortcutStudy:
     folds: int = 5
     fold_seed: int = 0
     samples_per_dim: int = 10
-    readout: str = "pca-rule"   # read-out protocol (copd_ifm.evaluation.readout); the committed summaries used it
+    readout: str = DEFAULT_READOUT     # declared read-out protocol (copd_ifm.evaluation.readout)
+    sensitivity: list[str] = field(default_factory=lambda: ["pca-rule"])   # protocols shown as sensitivity only
     regions_latent: str = "emphysema"
 
     def validate(self) -> None:
@@ -100,21 +77,11 @@ class ShortcutStudy:
                 raise ValueError(f"unknown latent {name!r} (latents.csv has {', '.join(READABLE_LATENTS)})")
         if self.regions_latent == "site":
             raise ValueError("regions_latent must be a continuous latent, not site")
-        if self.readout not in READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        for name in [self.readout, *self.sensitivity]:
+            if name not in READOUTS:
+                raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {name!r}")
         if self.folds < 2 or self.samples_per_dim < 1:
             raise ValueError(f"folds must be >= 2 and samples_per_dim >= 1, got {self.folds}, {self.samples_per_dim}")
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One run: ``method`` is ``baseline``, ``ifm`` or ``untrained`` (NaN ε and τ for untrained)."""
-
-    run_id: str
-    method: str
-    epsilon: float
-    tau: float
-    seed: int
 
 
 def parse_list(text: str, flag: str) -> list[float]:
@@ -147,62 +114,29 @@ def targets(study: ShortcutStudy) -> list[Outcome]:
 
 def cohort_config(study: ShortcutStudy, out: Path) -> CohortConfig:
     """The study's cohort: generated in ``OUT/cohort``, its patch store in ``OUT/store``."""
-    c = study.cohort
-    data = {"name": f"shortcut-{study.scale}", "manifest": str(out.absolute() / "cohort" / "manifest.csv"),
-            "store": str(out.absolute() / "store"), "spacing_mm": c.spacing_mm, "patch_size": c.patch_size,
-            "landmark_step_mm": c.landmark_step_mm,
-            "synthetic": {"n": c.n, "seed": c.seed, "nuisance": c.nuisance}}
-    return cfg_io.from_dict(CohortConfig, data, f"study {study.scale} cohort")
-
-
-def _fmt(value: float) -> str:
-    return f"{value:g}"
+    return ct_runs.cohort_config(f"shortcut-{study.scale}", study.cohort, out)
 
 
 def base_tau(study: ShortcutStudy, cohort: CohortConfig) -> float:
     """τ of the pretrain config with the study's overrides (used when the study sweeps no τ)."""
-    return run_config(study, cohort, RunPlan("probe", "baseline", 0.0, math.nan, 0)).loss.temperature
+    return ct_runs.run_config(study.pretrain, study.pretrain_overrides, cohort,
+                              RunPlan("probe", (("seed", 0),), control=True)).loss.temperature
 
 
 def plan_runs(study: ShortcutStudy, tau: float) -> list[RunPlan]:
     """Every run, seed by seed (so a partial study holds whole seeds): untrained, baseline, then IFM ε."""
-    taus = study.taus or [tau]
-    eps = sorted({e for e in study.epsilons if e > 0})
-    plans: list[RunPlan] = []
-    for seed in range(study.seeds):
-        plans.append(RunPlan(f"untrained_seed{seed}", "untrained", math.nan, math.nan, seed))
-        for t in dict.fromkeys(taus):
-            for e in [0.0, *eps]:
-                plans.append(RunPlan(f"tau{_fmt(t)}_eps{_fmt(e)}_seed{seed}", "ifm" if e > 0 else "baseline",
-                                     e, t, seed))
-    return plans
+    eps = [0.0, *sorted({e for e in study.epsilons if e > 0})]
+    sweep = {ct_runs.TAU_FIELD: list(dict.fromkeys(study.taus or [tau])), ct_runs.EPSILON_FIELD: eps}
+    runs = sweep_runs([sweep], study.seeds, order=(ct_runs.TAU_FIELD, ct_runs.EPSILON_FIELD))
+    return seed_major(controls(study.seeds) + runs)
 
 
 def run_config(study: ShortcutStudy, cohort: CohortConfig, plan: RunPlan, device: str = "auto") -> PretrainConfig:
     """The pretrain config of one run: the study's YAML and overrides, then the run's ε, τ and seed."""
-    # flattened: a nested group given with --set replaces only the fields it names
-    items = [f"{k}={json.dumps(v)}" for k, v in cfg_io.flatten(study.pretrain_overrides).items()]
-    items += [f"seed={plan.seed}", f"device={device}", f"name={plan.run_id}"]
-    items.append(f"{EPSILON_FIELD}={plan.epsilon if math.isfinite(plan.epsilon) else 0.0}")
-    if math.isfinite(plan.tau):
-        items.append(f"{TAU_FIELD}={plan.tau}")
-    return resolve_pretrain_config(study.pretrain, cohort, overrides=items)
+    return ct_runs.run_config(study.pretrain, study.pretrain_overrides, cohort, plan, device)
 
 
 def check_or_save_study(study: ShortcutStudy, out: Path) -> None:
-    """Write ``OUT/study.yaml``; refuse to mix runs of different settings in one folder.
-
-    Seeds and the ε / τ grids may grow (new runs join); anything else is a different study.
-    """
-    path = out / "study.yaml"
-    if path.is_file():
-        saved = cfg_io.flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-        now = cfg_io.flatten(cfg_io.to_dict(study))
-        growable = ("seeds", "epsilons", "taus")
-        changed = sorted(k for k in saved.keys() | now.keys()
-                         if not k.startswith(growable) and k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
-        if changed:
-            raise UserError(f"{path}: this folder holds a study with {changed[0]}={saved.get(changed[0])!r}, "
-                            f"not {now.get(changed[0])!r}; use another --out (or delete the folder to start over)")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_io.save_resolved(study, path)
+    """``OUT/study.yaml`` guard (:func:`copd_ifm.studies.folder.check_or_save_study`): seeds and the ε / τ
+    grids may grow; the read-out protocols only change the report (each run caches one read-out per protocol)."""
+    folder.check_or_save_study(study, out, growable=("seeds", "epsilons", "taus"), runtime=RUNTIME_FIELDS)

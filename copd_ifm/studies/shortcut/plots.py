@@ -15,7 +15,8 @@ from copd_ifm.ct.densitometry import LAA_THRESHOLD_HU  # noqa: E402
 from copd_ifm.ct.store import PatchStore  # noqa: E402
 from copd_ifm.evaluation.outcomes import Outcome  # noqa: E402
 from copd_ifm.evaluation.plots import _grid, _save  # noqa: E402
-from copd_ifm.studies.shortcut.plan import RunPlan  # noqa: E402
+from copd_ifm.studies import ct_runs  # noqa: E402
+from copd_ifm.studies.grid import RunPlan  # noqa: E402
 
 CONTROLS = (("densitometry", "k", "-"), ("untrained", "0.45", ":"), ("untrained_patch", "0.65", "-."),
             ("chance", "tab:red", "--"))
@@ -61,16 +62,19 @@ def landmark_laa(store: PatchStore) -> np.ndarray:
     return total / len(store.sids)
 
 
-def _regions(out: Path, plans: list[RunPlan], method: str, epsilon: float | None) -> pd.Series | None:
-    """Mean over finished seeds of the per-landmark R² of ``method`` (at ``epsilon``) → ``[L]`` or None."""
-    frames = [pd.read_csv(out / "runs" / p.run_id / "regions.csv").set_index("landmark")["r2"] for p in plans
-              if p.method == method and (epsilon is None or p.epsilon == epsilon)
-              and (out / "runs" / p.run_id / "regions.csv").is_file()]
+def _regions(plans: list[RunPlan], maps: dict[str, pd.DataFrame], method: str,
+             epsilon: float | None) -> pd.Series | None:
+    """Mean over seeds of the per-landmark R² of ``method`` (at ``epsilon``) → ``[L]`` or None."""
+    frames = [maps[p.run_id].set_index("landmark")["r2"] for p in plans
+              if ct_runs.method(p) == method and (epsilon is None or ct_runs.epsilon(p) == epsilon)]
     return pd.concat(frames, axis=1).mean(axis=1) if frames else None
 
 
-def plot_regions(out: Path, plans: list[RunPlan], store: PatchStore, latent: str, path: Path) -> Path:
+def plot_regions(plans: list[RunPlan], maps: dict[str, pd.DataFrame], store: PatchStore, latent: str,
+                 path: Path) -> Path:
     """Coronal maps of per-landmark read-out R² (baseline, largest IFM ε, untrained) beside measured %LAA-950.
+
+    ``maps``: run id → that run's regional read-out (columns landmark, r2) for every run in ``plans``.
 
     Each landmark's value is drawn at its patch centre in the atlas (x, z),
     averaged over the landmarks along the antero-posterior axis; the last panel
@@ -80,12 +84,12 @@ def plot_regions(out: Path, plans: list[RunPlan], store: PatchStore, latent: str
     table = store.landmark_table
     half = store.patch_size / 2.0
     lung = atlas_lung_array(spacing).any(axis=1)                      # [z, x] coronal silhouette
-    eps = sorted({p.epsilon for p in plans if p.method == "ifm" and (out / "runs" / p.run_id / "regions.csv").is_file()})
+    eps = sorted({ct_runs.epsilon(p) for p in plans if ct_runs.method(p) == "ifm"})
     maps: list[tuple[str, pd.Series | None, str]] = [
         ("measured share < −950 HU (data)", pd.Series(landmark_laa(store)), "magma"),
-        ("baseline (ε = 0)", _regions(out, plans, "baseline", None), "viridis"),
-        (f"IFM ε = {eps[-1]:g}" if eps else "IFM", _regions(out, plans, "ifm", eps[-1]) if eps else None, "viridis"),
-        ("untrained encoder", _regions(out, plans, "untrained", None), "viridis")]
+        ("baseline (ε = 0)", _regions(plans, maps, "baseline", None), "viridis"),
+        (f"IFM ε = {eps[-1]:g}" if eps else "IFM", _regions(plans, maps, "ifm", eps[-1]) if eps else None, "viridis"),
+        ("untrained encoder", _regions(plans, maps, "untrained", None), "viridis")]
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.3 * (len(maps) + 1), 3.6))
     r2_values = pd.concat([m for _, m, c in maps if m is not None and c == "viridis"]) if any(
         m is not None for _, m, c in maps if c == "viridis") else pd.Series([0.0])

@@ -24,15 +24,17 @@ import pandas as pd
 
 from copd_ifm import files
 from copd_ifm.cohort.config import CohortConfig
-from copd_ifm.evaluation.cv import chance_folds, cross_validate
 from copd_ifm.evaluation.readout import describe as readout_text
 from copd_ifm.stats import holm, paired_difference
+from copd_ifm.studies import ct_runs
+from copd_ifm.studies.ct_runs import Target
+from copd_ifm.studies.folder import check_report_keeps_runs
+from copd_ifm.studies.grid import RunPlan
+from copd_ifm.studies.results import finished
 from copd_ifm.studies.shortcut import plots
-from copd_ifm.studies.shortcut.plan import RunPlan, ShortcutStudy
-from copd_ifm.studies.shortcut.run import RESULT_FILE, Target, check_report_keeps_runs
+from copd_ifm.studies.shortcut.plan import ShortcutStudy
+from copd_ifm.studies.shortcut.regions import map_runs, run_regions
 
-RESULT_COLUMNS = ["method", "epsilon", "tau", "seed", "features", "latent", "kind", "metric", "value", "fold_sd",
-                  "folds_ok", "run_id"]
 ALPHA = 0.05
 CLAIM = ("Robinson et al. (NeurIPS 2021) show that contrastive encoders suppress features: the easy one "
          "(colour on Trifeature) is learned and the others (shape, texture) are suppressed, and claim that "
@@ -47,43 +49,11 @@ def primary_metric(kind: str) -> str:
     return "r2" if kind == "continuous" else "accuracy"
 
 
-def _long(per_fold: pd.DataFrame) -> pd.DataFrame:
-    """Per-fold CV rows (``cv.RESULT_COLUMNS``) → one row per features × latent × metric (fold mean, sd)."""
-    rows = []
-    for (features, latent, kind), group in per_fold.groupby(["method", "outcome", "kind"], sort=False):
-        for metric in (("r2",) if kind == "continuous" else ("accuracy", "one_off")):
-            values = group[metric].astype(float)
-            rows.append({"features": features, "latent": latent, "kind": kind, "metric": metric,
-                         "value": values.mean(), "fold_sd": values.std(), "folds_ok": int(values.notna().sum())})
-    return pd.DataFrame(rows)
-
-
-def chance_readout(targets: list[Target]) -> pd.DataFrame:
-    """Per-fold chance scores: each test fold predicted by its training part's mean (R²) or majority level."""
-    columns = ["method", "outcome", "kind", "fold", "r2", "accuracy", "one_off"]
-    return pd.concat([chance_folds(t.y, t.folds, t.outcome)[columns] for t in targets], ignore_index=True)
-
-
 def collect_results(out: Path, plans: list[RunPlan], targets: list[Target], density: pd.DataFrame,
                     samples_per_dim: int, readout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results table :data:`RESULT_COLUMNS`, one row per finished run's ``result.json``)."""
-    frames, runs = [], []
-    for plan in plans:
-        run_dir = out / "runs" / plan.run_id
-        if not (run_dir / RESULT_FILE).is_file():
-            continue
-        runs.append(json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8")))
-        table = _long(pd.read_csv(run_dir / "readout.csv"))
-        if plan.method == "untrained":
-            table["features"] = table["features"].map({"graph": "untrained", "patch": "untrained_patch"})
-        frames.append(table.assign(method=plan.method, epsilon=plan.epsilon, tau=plan.tau, seed=plan.seed,
-                                   run_id=plan.run_id))
-    density_folds = pd.concat([cross_validate({"densitometry": density}, t.y, t.folds, t.outcome,
-                                              samples_per_dim, readout=readout).results
-                               for t in targets], ignore_index=True)
-    for name, per_fold in (("densitometry", density_folds), ("chance", chance_readout(targets))):
-        frames.append(_long(per_fold).assign(method=name, epsilon=math.nan, tau=math.nan, seed=math.nan, run_id=""))
-    return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS], pd.DataFrame(runs)
+    """(results table ``ct_runs.RESULT_COLUMNS`` under ``readout``, one row per finished run's ``result.json``)."""
+    per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, samples_per_dim, readout)
+    return ct_runs.fold_means(per_fold), runs
 
 
 def comparisons(results: pd.DataFrame) -> pd.DataFrame:
@@ -177,36 +147,9 @@ def _comparison_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _training_lines(runs: pd.DataFrame) -> list[str]:
-    trained = runs[runs["method"] != "untrained"] if not runs.empty else runs
-    if trained.empty:
-        return ["- No trained run has finished yet."]
-    lines = []
-    for level in ("patch", "graph"):
-        loss, chance = trained[f"{level}_loss"], trained[f"{level}_chance"].iloc[0]
-        for method, group in trained.groupby("method"):
-            values = group[f"{level}_loss"]
-            lines.append(f"- {level}-level training loss after {int(trained['epochs'].iloc[0])} epochs, {method}: "
-                         f"{values.mean():.3f} (range {values.min():.3f}–{values.max():.3f}, {len(values)} runs) vs its "
-                         f"chance value ln(K + 1) = {chance:.3f} (K = {round(math.exp(chance) - 1)} queue negatives)"
-                         + ("" if method == "baseline" else "; for ε > 0 this is the IFM objective (L + L_ε)/2, "
-                            "which is above plain InfoNCE by construction"))
-            acc = group[f"{level}_acc"]
-            if acc.notna().any():
-                lines.append(f"  - its instance accuracy on the unperturbed logits (positive above every negative): "
-                             f"{acc.mean():.3f} (range {acc.min():.3f}–{acc.max():.3f}) vs chance "
-                             f"1/(K + 1) = {math.exp(-chance):.4f}")
-        if loss.notna().any() and not (trained.loc[trained["method"] == "baseline", f"{level}_loss"]
-                                       < chance - 0.5).all():
-            lines.append(f"- Caution: the baseline's {level}-level loss is not clearly (0.5 nats) below chance in every "
-                         f"run: the loss alone does not show that level trained (its instance accuracy above is the "
-                         f"other evidence), and a barely trained encoder's read-out says little about suppression.")
-    return lines
-
-
 def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: list[RunPlan], targets: list[Target],
                   results: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, n_landmarks: int,
-                  n_subjects: int) -> None:
+                  n_subjects: int, sensitivity: list[str]) -> None:
     c = study.cohort
     finished = len(runs)
     lines = [f"# CT shortcut study, scale `{study.scale}`", "", "## Claim", "", CLAIM, "",
@@ -219,7 +162,7 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
              f"{', '.join(f'{e:g}' for e in sorted(set(study.epsilons) - {0.0})) or 'empty (no IFM runs)'} against "
              f"the baseline ε = 0; "
              f"pretrain config `{study.pretrain}` with {json.dumps(study.pretrain_overrides)}.",
-             *_training_lines(runs),
+             *ct_runs.training_lines(runs),
              f"- Read-out: {study.folds}-fold cross-validation (fold seed {study.fold_seed}), the same folds for every "
              f"method, R² for continuous targets and accuracy for ordinal ones; "
              f"{readout_text(study.readout, study.samples_per_dim)} "
@@ -247,6 +190,7 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
                   "## Training effect (baseline − untrained encoder, same seed)", "",
                   "Negative: training lowered the read-out of that latent (suppression relative to the random "
                   "encoder).", "", *_comparison_lines(table[~table["comparison"].str.startswith("IFM")]), ""]
+    lines += sensitivity
     lines += ["## Figures", "", "- `shortcut.png`: read-out per target vs ε (mean ± sd over seeds) with the "
               "control lines.",
               f"- `regions.png`: per-landmark cross-validated R² of `{study.regions_latent}` from that landmark's "
@@ -256,9 +200,27 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
     files.atomic_write_text(out / "summary.md", "\n".join(lines))
 
 
+def sensitivity_lines(study: ShortcutStudy, results: dict[str, pd.DataFrame], targets: list[Target]) -> list[str]:
+    """Per sensitivity protocol: the read-out table and the IFM − baseline verdict counts (never a choice)."""
+    lines = []
+    for protocol, table in results.items():
+        ifm = comparisons(table)
+        ifm = ifm[ifm["comparison"].str.startswith("IFM")] if not ifm.empty else ifm
+        counts = ifm["verdict"].value_counts() if not ifm.empty else pd.Series(dtype=int)
+        lines += [f"## Sensitivity: read-out protocol `{protocol}`", "",
+                  f"The same runs and folds read out by {readout_text(protocol, study.samples_per_dim)} "
+                  f"Shown to judge how much the conclusions depend on the protocol; the declared protocol above "
+                  f"(`{study.readout}`) stays the result.", "",
+                  f"IFM − baseline under `{protocol}` (paired over seeds, Holm over the IFM tests): higher in "
+                  f"{counts.get('higher', 0)}, lower in {counts.get('lower', 0)}, no detectable difference in "
+                  f"{counts.get('no detectable difference', 0)} of {len(ifm)} comparisons.", "",
+                  *_readout_table(table, targets), ""]
+    return lines
+
+
 def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: list[RunPlan], targets: list[Target],
                  density: pd.DataFrame) -> pd.DataFrame:
-    """Write every report file from the finished runs; returns the results table."""
+    """Write every report file from the finished runs; returns the results table (declared protocol)."""
     from copd_ifm.context.train import open_store
 
     check_report_keeps_runs(out)
@@ -267,8 +229,17 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     table = comparisons(results)
     if not table.empty:
         files.atomic_write_text(out / "comparisons.csv", table.to_csv(index=False, float_format="%.6g"))
+    others = {p: collect_results(out, plans, targets, density, study.samples_per_dim, p)[0]
+              for p in study.sensitivity if p != study.readout}
+    if others:
+        files.atomic_write_text(out / "sensitivity.csv", pd.concat(
+            [t.assign(readout=p) for p, t in others.items()]).to_csv(index=False, float_format="%.8g"))
     store = open_store(cohort)
-    write_summary(study, out, cohort, plans, targets, results, runs, table, store.n_landmarks, len(targets[0].y))
+    write_summary(study, out, cohort, plans, targets, results, runs, table, store.n_landmarks, len(targets[0].y),
+                  sensitivity_lines(study, others, targets))
     plots.plot_shortcut(results, [t.outcome for t in targets], out / "shortcut.png")
-    plots.plot_regions(out, plans, store, study.regions_latent, out / "regions.png")
+    region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
+    shown = [p for p, _ in finished(out, map_runs(plans))]
+    maps = {p.run_id: run_regions(out, p, region_target, study.samples_per_dim, study.readout) for p in shown}
+    plots.plot_regions(shown, maps, store, study.regions_latent, out / "regions.png")
     return results
