@@ -49,7 +49,8 @@ def default_config_name(dataset: str | None, method: str | None) -> str:
 
 def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
                        overrides: cfg.Overrides = None) -> VisionConfig:
-    """Config ``name`` (a YAML path or a name in ``configs/vision``), then CLI fields ``extra`` (nested), then ``--set`` overrides.
+    """Config ``name`` (a YAML path or a name in ``configs/vision``), then CLI fields ``extra`` (nested), then
+    ``--set`` overrides.
 
     Sizes the dataset reads from its own files (``folder``, Trifeature, digits)
     and the class-list path are pinned in the result, so the run's saved
