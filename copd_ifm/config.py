@@ -9,9 +9,11 @@ mapping against it (unknown keys, wrong types and out-of-range values are
 rejected with a one-line :class:`~copd_ifm.errors.UserError` naming the file
 and the dotted field). Overrides travel as one ``{"a.b": value}`` mapping:
 CLI flags put their typed values in it, ``--set a.b=value`` strings are parsed
-into it once (:func:`dotted`), and :func:`apply_overrides` applies it; a config
-YAML may inherit another with ``base: NAME`` (:func:`read_config`); and :func:`save_resolved` writes the fully resolved config next to a
-run's outputs.
+into it once (:func:`dotted`), and :func:`apply_overrides` applies it, one
+:func:`set_dotted` at a time; a config YAML may inherit another with ``base: NAME``
+(:func:`read_config`); :func:`named_config` is the one lookup of a config by name,
+:func:`parse_floats` the one reader of comma-separated numbers (``--eps 0.1,0.5``);
+and :func:`save_resolved` writes the fully resolved config next to a run's outputs.
 """
 from __future__ import annotations
 
@@ -190,20 +192,37 @@ def split_prefix(overrides: Mapping[str, Any], prefix: str) -> tuple[dict[str, A
     return mine, rest
 
 
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``tree["a"]["b"] = value`` for ``key`` ``"a.b"`` (the one dotted-key setter), creating missing groups."""
+    *groups, leaf = key.split(".")
+    node = tree
+    for k in groups:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {k!r} is not a group of fields")
+        node = child
+    node[leaf] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
     """Set dotted keys in a nested mapping (in place and returned)."""
     for key, value in dotted(overrides).items():
-        keys = key.split(".")
-        node = data
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"--set {key}: {k!r} is not a group of fields")
-            node = child
-        node[keys[-1]] = value
+        set_dotted(data, key, value)
     return data
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """``"0.1,0.5"`` → ``[0.1, 0.5]`` (the one comma-separated-number parser); anything else, or no number, is a
+    one-line UserError naming ``flag``."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give comma-separated numbers such as 0.1,0.5") from None
+    if not values:
+        raise UserError(f"{flag} is empty: give comma-separated numbers such as 0.1,0.5")
+    return values
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -219,15 +238,20 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return merge(read_config(base_path), data)
 
 
-def named_config(kind: str, spec: str, flag: str = "--config") -> Path:
-    """``spec`` is a YAML path or the name of a config in ``configs/KIND``; unknown names list the known ones."""
+def named_config(kind: str, spec: str, flag: str = "--config", noun: str = "config",
+                 other: str = "a YAML path") -> Path:
+    """``spec`` is a YAML path or the name of a config in ``configs/KIND`` (the one lookup by name).
+
+    An unknown name is a one-line UserError listing the known ones; ``noun`` names what ``flag`` picks and
+    ``other`` what else it takes.
+    """
     if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
         return Path(spec)
-    path = CONFIG_DIR / kind / f"{spec}.yaml"
+    folder = CONFIG_DIR / kind
+    path = folder / f"{spec}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
-        raise UserError(f"{flag} {spec!r}: no such config in {CONFIG_DIR / kind} (known: {', '.join(known)}; "
-                        f"or give a YAML path)")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise UserError(f"{flag} {spec!r}: unknown {noun} (known in {folder}: {', '.join(known)}; or give {other})")
     return path
 
 

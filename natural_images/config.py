@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any
 
 from copd_ifm import config as cfg
 from copd_ifm import files
 from copd_ifm.contrastive.losses import LossConfig
 from copd_ifm.contrastive.optim import OptimConfig
-from copd_ifm.errors import UserError
 
 VISION_CONFIG_DIR = cfg.CONFIG_DIR / "vision"
 METHODS = ("simclr", "moco", "adco")
@@ -192,53 +189,3 @@ class VisionConfig:
         if self.epochs < 1 or self.batch_size < 2 or self.log_every < 1:
             raise ValueError(f"need epochs >= 1, batch_size >= 2, log_every >= 1; got {self.epochs}, "
                              f"{self.batch_size}, {self.log_every}")
-
-
-def config_path(name: str) -> Path:
-    """``name`` is a YAML path or a config name in ``configs/vision``."""
-    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
-        return Path(name)
-    path = VISION_CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in VISION_CONFIG_DIR.glob("*.yaml"))
-        raise UserError(f"--config {name!r}: no {path} (available: {', '.join(known)}; or give a YAML path)")
-    return path
-
-
-def default_config_name(dataset: str | None, method: str | None) -> str:
-    """``DATASET_METHOD`` (default cifar10, simclr): the config ``vision pretrain`` uses without ``--config``;
-    ``adco`` without an AdCo config of its own takes the dataset's MoCo config (``--method adco`` overrides it).
-
-    An unknown dataset, or a known one without a config for ``method``, is a one-line UserError.
-    """
-    from natural_images.datasets import dataset_spec  # datasets imports this module
-
-    dataset, method = dataset or "cifar10", method or "simclr"
-    dataset_spec(dataset)
-    name = f"{dataset}_{method}"
-    if method == "adco" and not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
-        name = f"{dataset}_moco"  # AdCo is MoCo-v2 with a learnt bank: the dataset's MoCo settings, adco: defaults
-    if not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
-        have = sorted(p.stem.removeprefix(f"{dataset}_") for p in VISION_CONFIG_DIR.glob(f"{dataset}_*.yaml"))
-        raise UserError(f"--dataset {dataset} --method {method}: no default config {name}.yaml in "
-                        f"{VISION_CONFIG_DIR} (methods with one: {', '.join(have) or 'none'}); pass --config "
-                        f"NAME or a YAML path (e.g. --config cpu_tiny --dataset {dataset})")
-    return name
-
-
-def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
-                       overrides: cfg.Overrides = None) -> VisionConfig:
-    """Config ``name`` (see :func:`config_path`), then CLI fields ``extra`` (nested), then ``--set`` overrides.
-
-    Sizes the dataset reads from its own files (``folder``, Trifeature, digits)
-    and the class-list path are pinned in the result, so the run's saved
-    ``config.yaml`` rebuilds the same model wherever the data is later.
-    """
-    from natural_images.datasets import dataset_spec, image_sizes
-
-    config = cfg.load(VisionConfig, config_path(name), overrides, extra)
-    if dataset_spec(config.data.dataset).probe is not None:
-        config.data.crop_size, config.data.eval_size = image_sizes(config.data)
-    if config.data.classes:
-        config.data.classes = str(files.expand_home(config.data.classes).resolve())
-    return config

@@ -1,4 +1,4 @@
-"""The run folder of a vision pretraining run: what other stages read back.
+"""A vision pretraining run: its config resolved by name, and its run folder (what other stages read back).
 
 ``RUN/config.yaml`` (resolved :class:`VisionConfig`), ``RUN/checkpoint.pt``
 (model, optimiser, scheduler, scaler, RNG states, per-epoch history),
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,9 +23,45 @@ from copd_ifm import files
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.contrastive.rundir import EPSILON_KEY, OLD_EPSILON_KEYS
 from copd_ifm.errors import UserError
-from natural_images.config import VisionConfig
-from natural_images.datasets import image_sizes
+from natural_images.config import VISION_CONFIG_DIR, VisionConfig
+from natural_images.datasets import dataset_spec, image_sizes
 from natural_images.methods import build_model
+
+
+def default_config_name(dataset: str | None, method: str | None) -> str:
+    """``DATASET_METHOD`` (default cifar10, simclr): the config ``vision pretrain`` uses without ``--config``;
+    ``adco`` without an AdCo config of its own takes the dataset's MoCo config (``--method adco`` overrides it).
+
+    An unknown dataset, or a known one without a config for ``method``, is a one-line UserError.
+    """
+    dataset, method = dataset or "cifar10", method or "simclr"
+    dataset_spec(dataset)
+    name = f"{dataset}_{method}"
+    if method == "adco" and not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
+        name = f"{dataset}_moco"  # AdCo is MoCo-v2 with a learnt bank: the dataset's MoCo settings, adco: defaults
+    if not (VISION_CONFIG_DIR / f"{name}.yaml").is_file():
+        have = sorted(p.stem.removeprefix(f"{dataset}_") for p in VISION_CONFIG_DIR.glob(f"{dataset}_*.yaml"))
+        raise UserError(f"--dataset {dataset} --method {method}: no default config {name}.yaml in "
+                        f"{VISION_CONFIG_DIR} (methods with one: {', '.join(have) or 'none'}); pass --config "
+                        f"NAME or a YAML path (e.g. --config cpu_tiny --dataset {dataset})")
+    return name
+
+
+def load_vision_config(name: str, extra: Mapping[str, Any] | None = None,
+                       overrides: cfg.Overrides = None) -> VisionConfig:
+    """Config ``name`` (a YAML path or a name in ``configs/vision``), then CLI fields ``extra`` (nested), then
+    ``--set`` overrides.
+
+    Sizes the dataset reads from its own files (``folder``, Trifeature, digits)
+    and the class-list path are pinned in the result, so the run's saved
+    ``config.yaml`` rebuilds the same model wherever the data is later.
+    """
+    config = cfg.load(VisionConfig, cfg.named_config("vision", name), overrides, extra)
+    if dataset_spec(config.data.dataset).probe is not None:
+        config.data.crop_size, config.data.eval_size = image_sizes(config.data)
+    if config.data.classes:
+        config.data.classes = str(files.expand_home(config.data.classes).resolve())
+    return config
 
 
 def load_run_config(run_dir: str | Path) -> VisionConfig:

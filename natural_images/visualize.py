@@ -15,9 +15,9 @@ neighbours are ``v⁺`` and ``v⁻`` themselves (cosine 1 to themselves) unless 
 bank holds an identical embedding. ``DIR/ifm_neighbours.png``: two rows per
 anchor (``v⁺ − εv``, ``v⁻ + εv``), the anchor view first, then one column per ε,
 each neighbour captioned with its cosine to the anchor ``v``
-(:func:`copd_ifm.evaluation.neighbours.plot_neighbour_grid`);
-``DIR/ifm_neighbours.json``: the same numbers and bank indices. The CT variant
-is :func:`copd_ifm.evaluation.neighbours.ct_ifm_neighbours`.
+(:func:`copd_ifm.contrastive.neighbours.plot_neighbour_grid`);
+``DIR/ifm_neighbours.json``: the same numbers and bank indices. CT runs have their
+own command, ``copd-ifm visualize-ifm``.
 """
 from __future__ import annotations
 
@@ -33,9 +33,8 @@ from torch import Tensor, nn
 
 from copd_ifm import files
 from copd_ifm.contrastive import distributed as D
-from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, with_zero
+from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, plot_neighbour_grid, with_zero
 from copd_ifm.errors import UserError
-from copd_ifm.evaluation.neighbours import plot_neighbour_grid
 from natural_images.augment import eval_transform, train_transform
 from natural_images.datasets import build_dataset, dataset_spec, image_sizes
 from natural_images.features import extract_features

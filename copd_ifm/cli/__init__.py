@@ -2,8 +2,9 @@
 
 Stages talk through files on disk (manifest, patch store, run folder, features
 table), so each can be rerun, sharded or replaced alone. The CT stages live in
-:mod:`copd_ifm.cli.ct`, the vision commands in :mod:`copd_ifm.cli.vision`, ``export`` (CT and
-vision runs) in :mod:`copd_ifm.cli.export`, the shared argument plumbing in :mod:`copd_ifm.cli.args`.
+:mod:`copd_ifm.cli.ct`, the vision commands in the vision half (:mod:`natural_images.cli`, registered
+here), ``export`` (CT and vision runs) in :mod:`copd_ifm.cli.export`, the shared argument plumbing in
+:mod:`copd_ifm.cli.args`.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from collections.abc import Sequence
 from copd_ifm.cli.args import Parser, common, fmt
 from copd_ifm.cli.ct import add_ct_parsers, add_study_parsers
 from copd_ifm.cli.export import add_export_parser
-from copd_ifm.cli.vision import add_vision_parsers
 from copd_ifm.errors import ManifestNotFound, UserError
+from natural_images.cli import add_vision_parser
 
-STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "demo", "vision", "study", "export")
+STAGES = ("inspect", "synth", "preprocess", "pretrain", "extract", "evaluate", "visualize-ifm", "demo", "vision", "study",
+          "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=Parser)
     sub.required = True
     add_ct_parsers(sub)
-    p = sub.add_parser("vision", help="SimCLR / MoCo-v2 with IFM on natural images", formatter_class=fmt)
-    common(p)
-    vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=Parser)
-    vsub.required = True
-    add_vision_parsers(vsub)
+    add_vision_parser(sub)
     p = sub.add_parser("study", help="studies built on the CT stages (shortcut: IFM vs feature suppression; outcomes: Table 2)",
                        formatter_class=fmt)
     common(p)

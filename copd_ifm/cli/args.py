@@ -1,8 +1,11 @@
 """Argument plumbing shared by every ``copd-ifm`` subcommand: one-line parse errors, typed values, and the
-one override path (flags and ``--set`` items become one ``{"dotted.key": value}`` mapping)."""
+one override path (flags and ``--set`` items become one ``{"dotted.key": value}`` mapping); also the flags and
+the runner of ``visualize-ifm``, which the CT stages and the vision half (``natural_images.cli``) both have."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,3 +74,49 @@ def cohort_overrides(args: argparse.Namespace) -> dict:
 
     prefixed, plain = split_prefix(overrides(args, {}), "cohort")
     return {**plain, **prefixed}
+
+
+#: The IFM-neighbour command of each kind of run folder (``copd_ifm.contrastive.rundir.run_kind``).
+VISUALIZE_COMMANDS = {"ct": "copd-ifm visualize-ifm", "vision": "copd-ifm vision visualize-ifm"}
+
+
+def eps_grid(text: str) -> list[float]:
+    """``--eps`` of ``visualize-ifm``: comma-separated budgets >= 0 such as ``0.1,0.2,1.0`` (the floor's parser)."""
+    from copd_ifm.config import parse_floats
+    from copd_ifm.errors import UserError
+
+    try:
+        values = parse_floats(text, "ε grid")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"ε must be >= 0, got {text!r}")
+    return values
+
+
+def add_visualize_ifm(sub: argparse._SubParsersAction, run: str, items: str) -> argparse.ArgumentParser:
+    """The ``visualize-ifm`` parser of one kind of run (CT and vision take the same flags); ``run`` names the
+    command that writes ``--run``, ``items`` what the bank holds."""
+    p = sub.add_parser("visualize-ifm", help=f"nearest {items} to IFM-perturbed keys (paper Fig. 4)",
+                       formatter_class=fmt)
+    p.add_argument("--run", required=True, help=f"run folder written by '{run}'")
+    p.add_argument("--eps", type=eps_grid, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
+    p.add_argument("--anchors", type=workers, default=4, help=f"anchors, evenly spaced over the {items}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
+    p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+    common(p)
+    return p
+
+
+def run_visualize_ifm(args: argparse.Namespace, kind: str, draw: Callable[..., dict], items: str) -> int:
+    """Run a ``visualize-ifm`` command: refuse a run of another kind (naming its command), ``draw`` the grid
+    into ``--out`` (unset: ``RUN/ifm``) and print anchors, ε, the bank of ``items`` and the grid's path."""
+    from copd_ifm.contrastive.rundir import check_kind
+
+    check_kind(args.run, kind, VISUALIZE_COMMANDS)
+    out = Path(args.out) if args.out else Path(args.run) / "ifm"
+    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
+    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
+          f"{result['bank_size']} {items}): {out / 'ifm_neighbours.png'}")
+    return 0

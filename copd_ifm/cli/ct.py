@@ -1,12 +1,12 @@
-"""``copd-ifm synth | preprocess | pretrain | extract | evaluate | demo``: the CT stages."""
+"""``copd-ifm inspect | synth | preprocess | pretrain | extract | evaluate | visualize-ifm | demo``: the CT stages."""
 from __future__ import annotations
 
 import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from copd_ifm.cli.args import (add_extend, add_ifm_only, add_set, cohort_overrides, common, fmt, overrides, shard,
-                               workers)
+from copd_ifm.cli.args import (add_extend, add_ifm_only, add_set, add_visualize_ifm, cohort_overrides, common, fmt,
+                               overrides, run_visualize_ifm, shard, workers)
 from copd_ifm.errors import UserError
 
 if TYPE_CHECKING:
@@ -138,6 +138,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize_ifm(args: argparse.Namespace) -> int:
+    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours
+
+    return run_visualize_ifm(args, "ct", ct_ifm_neighbours, "subjects")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from copd_ifm.demo import run_demo
 
@@ -148,16 +154,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_study_shortcut(args: argparse.Namespace) -> int:
-    from copd_ifm.studies.shortcut.plan import load_study, parse_list
+    from copd_ifm.config import parse_floats
+    from copd_ifm.studies.shortcut.plan import load_study
     from copd_ifm.studies.shortcut.run import run_study
 
     extra: dict = {}
     if args.seeds is not None:
         extra["seeds"] = args.seeds
     if args.eps is not None:
-        extra["epsilons"] = parse_list(args.eps, "--eps")
+        extra["epsilons"] = parse_floats(args.eps, "--eps")
     if args.tau is not None:
-        extra["taus"] = parse_list(args.tau, "--tau")
+        extra["taus"] = parse_floats(args.tau, "--tau")
     study = load_study(args.scale, args.config, args.overrides, extra)
     out = run_study(study, args.out or f"outputs/studies/shortcut-{args.scale}", shard=args.shard,
                     device=args.device, report_only=args.report_only)
@@ -166,15 +173,15 @@ def cmd_study_shortcut(args: argparse.Namespace) -> int:
 
 
 def cmd_study_outcomes(args: argparse.Namespace) -> int:
+    from copd_ifm.config import parse_floats
     from copd_ifm.studies.outcomes.plan import load_study
     from copd_ifm.studies.outcomes.run import run_study
-    from copd_ifm.studies.shortcut.plan import parse_list
 
     extra: dict = {}
     if args.seeds is not None:
         extra["seeds"] = args.seeds
     if args.eps is not None:
-        extra["epsilons"] = parse_list(args.eps, "--eps")
+        extra["epsilons"] = parse_floats(args.eps, "--eps")
     if args.cohort is not None:
         extra["cohort"] = args.cohort
     study = load_study(args.scale, args.config, args.overrides, extra)
@@ -348,6 +355,8 @@ def add_ct_parsers(sub: argparse._SubParsersAction) -> None:
     add_set(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    add_visualize_ifm(sub, "pretrain", "subjects of the run's store").set_defaults(func=cmd_visualize_ifm)
 
     p = sub.add_parser("demo", help="the whole chain on the embedded synthetic cohort", formatter_class=fmt)
     p.add_argument("--out", default="outputs/demo", help="folder for runs and the report")

@@ -5,26 +5,11 @@ import argparse
 from pathlib import Path
 
 from copd_ifm.cli.args import common, fmt
-from copd_ifm.errors import UserError
-
-
-def run_kind(run_dir: Path) -> str:
-    """``ct`` or ``vision``, from the run's saved ``config.yaml``."""
-    from copd_ifm.config import read_yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"--run {run_dir}: no config.yaml; give a folder written by `copd-ifm pretrain` or "
-                        f"`copd-ifm vision pretrain`")
-    doc = read_yaml(path)
-    if "pretrain" in doc and "cohort" in doc:
-        return "ct"
-    if "method" in doc:
-        return "vision"
-    raise UserError(f"{path}: neither a CT nor a vision run config; give a folder written by a pretrain command")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from copd_ifm.contrastive.rundir import run_kind
+
     run_dir = Path(args.run)
     if run_kind(run_dir) == "ct":
         from copd_ifm.context.export import export_run

@@ -179,6 +179,8 @@ def _expand(value: str, base: Path) -> str:
 
 #: The registered cohort whose settings a cohort written by ``copd-ifm synth`` takes (at its own spacing).
 SYNTHETIC_TEMPLATE = "demo"
+#: The file ``copd-ifm synth`` writes beside its manifest (its parameters): it marks a synthetic cohort.
+PARAMS_FILE = "synth.json"
 
 
 def synthetic_defaults(manifest: Path) -> dict[str, Any]:
@@ -189,8 +191,6 @@ def synthetic_defaults(manifest: Path) -> dict[str, Any]:
     (COPDGene's 1 mm, 32³).
     """
     import json
-
-    from copd_ifm.cohort.synthetic import PARAMS_FILE
 
     params_path = manifest.parent / PARAMS_FILE
     if not params_path.is_file():
@@ -220,14 +220,7 @@ def resolve_cohort(spec: str, overrides: list[str] | None = None) -> CohortConfi
         base = Path.cwd()
         source = spec
     else:
-        if spec.endswith((".yaml", ".yml")):
-            yaml_path = path
-        else:
-            yaml_path = cfg.CONFIG_DIR / "cohorts" / f"{spec}.yaml"
-            if not yaml_path.is_file():
-                known = sorted(p.stem for p in (cfg.CONFIG_DIR / "cohorts").glob("*.yaml"))
-                raise UserError(f"--cohort {spec!r}: unknown cohort (registered: {', '.join(known)}; "
-                                f"or give a cohort YAML or a manifest CSV path)")
+        yaml_path = cfg.named_config("cohorts", spec, "--cohort", "cohort", "a cohort YAML or a manifest CSV path")
         data = cfg.read_yaml(yaml_path)
         base = yaml_path.resolve().parent
         source = str(yaml_path)

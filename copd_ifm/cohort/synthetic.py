@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from copd_ifm.cohort import phenotypes
-from copd_ifm.cohort.config import CohortConfig
+from copd_ifm.cohort.config import PARAMS_FILE, CohortConfig
 from copd_ifm.cohort.preview import write_preview
 from copd_ifm.cohort.synthetic_subject import LATENT_COLUMNS, PARTIAL_DIR, init_worker, make_subject, subject_id
 from copd_ifm.files import atomic_write_text, file_lock
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so old cohorts are not silently reused.
 GENERATOR_VERSION = 1
-PARAMS_FILE = "synth.json"
 MANIFEST_FILE = "manifest.csv"
 MIN_SPACING_MM, MAX_SPACING_MM = 0.5, 8.0
 MANIFEST_COLUMNS = ["sid", "image", "lung_mask", *phenotypes.OUTCOME_COLUMNS]

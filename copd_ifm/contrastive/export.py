@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from copd_ifm import __version__
 from copd_ifm.errors import UserError
 from copd_ifm.files import atomic_write, atomic_write_text, file_digest
 
@@ -56,8 +57,6 @@ def prepare_out(out: str | Path, fmt: str | None = None) -> Path:
 def write_bundle(out: Path, tensors: dict[str, Tensor], spec: dict[str, Any], card: str) -> Path:
     """Write weights, spec (with the format header) and card into the prepared ``out``; sums come last."""
     from safetensors.torch import save_file
-
-    from copd_ifm import __version__
 
     plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(out / WEIGHTS, lambda tmp: save_file(plain, str(tmp), metadata={"format": FORMAT}))

@@ -91,6 +91,34 @@ def resume_source(out: str | Path | None, config_flag: str | None = None) -> Pat
     return path
 
 
+#: The command that writes each kind of run folder (:func:`run_kind`).
+PRETRAIN_COMMANDS = {"ct": "copd-ifm pretrain", "vision": "copd-ifm vision pretrain"}
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """``ct`` or ``vision``: which pretraining command wrote ``RUN/config.yaml`` (CT: ``cohort`` and ``pretrain``
+    sections; vision: a ``method`` field)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"--run {run_dir}: no {CONFIG_FILE}; give a folder written by `copd-ifm pretrain` or "
+                        f"`copd-ifm vision pretrain`")
+    doc = cfg_io.read_yaml(path)
+    if "pretrain" in doc and "cohort" in doc:
+        return "ct"
+    if "method" in doc:
+        return "vision"
+    raise UserError(f"{path}: neither a CT nor a vision run config; give a folder written by a pretrain command")
+
+
+def check_kind(run_dir: str | Path, kind: str, commands: Mapping[str, str]) -> None:
+    """Refuse a run folder of another kind than ``kind`` in one line naming ``commands[its kind]``, the command
+    that does the same for it."""
+    found = run_kind(run_dir)
+    if found != kind:
+        raise UserError(f"--run {run_dir}: a {found} run (written by `{PRETRAIN_COMMANDS[found]}`), not a {kind} "
+                        f"run; use `{commands[found]} --run {run_dir}`")
+
+
 def summary_fields(config: Any, epsilon: float, epochs: int, epochs_done: int, world_size: int,
                    device: Any) -> dict[str, Any]:
     """The fields every pretraining ``summary.json`` holds, CT and vision alike (each adds its own)."""

@@ -1,72 +1,30 @@
-"""IFM neighbour grids (paper Sec. 3.1, Fig. 4): the grid plot, and the variant for context-aware CT runs.
+"""IFM neighbour grids (paper Sec. 3.1, Fig. 4) of context-aware CT runs (``copd-ifm visualize-ifm``).
 
-The grid: two rows per anchor (``v⁺ − εv``, ``v⁻ + εv``); the anchor view first,
-then one column per ε with the retrieved bank item, captioned with its cosine
-to the anchor ``v`` (see :mod:`copd_ifm.contrastive.neighbours`).
-
-CT variant, for a run of ``copd-ifm pretrain``: the embedding ``z`` of a whole
-subject is the graph level's normalised projection-head output (frozen patch
-features of every landmark → GCN → mean pool → head: the space of the graph
-loss). ``v`` = ``z`` of subject ``i`` with every patch through the run's
-``PatchAugment`` (one random draw for the subject, seeded; always patch
-augmentation, also for runs trained on ``graph_views: feature``), ``v⁺`` = ``z``
-of subject ``i`` un-augmented, ``v⁻`` = another subject, bank = every subject of
-the run's store, un-augmented. A subject is drawn as the central axial slice of
-its patch at the landmark nearest the landmarks' centroid, grey levels over the
-stored HU range [−1024, 240].
+The retrieval and the grid are the engine's (:mod:`copd_ifm.contrastive.neighbours`). For a run of
+``copd-ifm pretrain``: the embedding ``z`` of a whole subject is the graph level's normalised
+projection-head output (frozen patch features of every landmark → GCN → mean pool → head: the space of
+the graph loss). ``v`` = ``z`` of subject ``i`` with every patch through the run's ``PatchAugment`` (one
+random draw for the subject, seeded; always patch augmentation, also for runs trained on
+``graph_views: feature``), ``v⁺`` = ``z`` of subject ``i`` un-augmented, ``v⁻`` = another subject, bank =
+every subject of the run's store, un-augmented. A subject is drawn as the central axial slice of its patch
+at the landmark nearest the landmarks' centroid, grey levels over the stored HU range [−1024, 240].
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from copd_ifm import config as cfg_io
 from copd_ifm import files
 from copd_ifm.contrastive.distributed import session
-from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, with_zero
+from copd_ifm.contrastive.neighbours import perturbed_neighbours, pick_anchors, plot_neighbour_grid, with_zero
 from copd_ifm.errors import UserError
-
-
-def plot_neighbour_grid(anchor_pictures: Sequence[np.ndarray], picture: Callable[[int], np.ndarray],
-                        found: dict[str, Tensor], eps: Sequence[float], path: Path, title: str,
-                        grey_range: tuple[float, float] | None = None) -> None:
-    """Draw the grid to ``path`` (PNG). Pictures are ``[H, W, 3]`` in [0, 1], or ``[H, W]`` shown in grey
-    over ``grey_range``; ``picture(i)`` draws bank item ``i``; ``found`` as from :func:`perturbed_neighbours`."""
-    rows, cols = 2 * len(anchor_pictures), len(eps) + 1
-    fig = Figure(figsize=(1.6 * cols, 1.75 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    shown = {"cmap": "gray", "vmin": grey_range[0], "vmax": grey_range[1]} if grey_range else {}
-    for a, anchor in enumerate(anchor_pictures):
-        for r, (name, label) in enumerate((("pos", "v⁺ − εv"), ("neg", "v⁻ + εv"))):
-            row = axes[2 * a + r]
-            row[0].imshow(anchor, **shown)
-            row[0].set_title(f"anchor {a} (view v)" if r == 0 else "", fontsize=8)
-            row[0].set_ylabel(label, fontsize=8)
-            for c, e in enumerate(eps, start=1):
-                row[c].imshow(picture(int(found[f"{name}_index"][a, c - 1])), **shown)
-                if 2 * a + r == 0:
-                    row[c].set_title(f"ε = {e:g}", fontsize=8)
-                row[c].set_xlabel(f"cos {float(found[f'{name}_cos'][a, c - 1]):.2f}", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    files.save_figure(fig, path, dpi=120)
-
-
-def is_context_run(run_dir: str | Path) -> bool:
-    """Whether ``RUN/config.yaml`` was written by ``copd-ifm pretrain`` (cohort + pretrain sections)."""
-    path = Path(run_dir) / "config.yaml"
-    doc = cfg_io.read_yaml(path) if path.is_file() else {}
-    return isinstance(doc, dict) and "pretrain" in doc and "cohort" in doc
 
 
 @torch.no_grad()

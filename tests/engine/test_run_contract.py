@@ -19,8 +19,8 @@ from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.contrastive.rundir import EPSILON_KEY, RunContract, recorded_epsilon, resume_source, start_run
 from copd_ifm.errors import UserError
 from natural_images import train as vision_train
-from natural_images.config import VisionConfig, default_config_name
-from natural_images.run import update_summary
+from natural_images.config import VisionConfig
+from natural_images.run import default_config_name, update_summary
 
 
 def _ct(changes: dict[str, Any]) -> PretrainConfig:

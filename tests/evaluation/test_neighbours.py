@@ -1,4 +1,4 @@
-"""`vision visualize-ifm` on a context-aware CT run: nearest subjects to IFM-perturbed graph embeddings."""
+"""`visualize-ifm` on a context-aware CT run: nearest subjects to IFM-perturbed graph embeddings."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from copd_ifm.cli import main
 from copd_ifm.context.augment import PatchAugment
 from copd_ifm.context.data import SubjectDataset
 from copd_ifm.context.train import load_trained, open_store, pretrain, resolve_pretrain_config
-from copd_ifm.evaluation.neighbours import is_context_run
+from copd_ifm.contrastive.rundir import run_kind
 
 FAST = ["model.channels=[4, 8]", "model.feat_dim=16", "model.embed_dim=16", "moco.patch_queue=16",
         "moco.graph_queue=8", "moco.momentum=0.9", "schedule.patch_batch=4", "schedule.graph_batch=4",
@@ -23,9 +23,9 @@ FAST = ["model.channels=[4, 8]", "model.feat_dim=16", "model.embed_dim=16", "moc
 
 def test_ct_neighbour_grid_retrieves_the_subject_itself_at_eps_zero(tiny_cohort, tmp_path, capsys):
     run = pretrain(tiny_cohort, resolve_pretrain_config("ifm", tiny_cohort, overrides=FAST), tmp_path / "run")
-    assert is_context_run(run)
+    assert run_kind(run) == "ct"
     out = tmp_path / "vis"
-    assert main(["vision", "visualize-ifm", "--run", str(run), "--eps", "0.5,2", "--anchors", "3",
+    assert main(["visualize-ifm", "--run", str(run), "--eps", "0.5,2", "--anchors", "3",
                  "--out", str(out), "--device", "cpu"]) == 0
     assert "bank of 6 subjects" in capsys.readouterr().out
     result = json.loads((out / "ifm_neighbours.json").read_text(encoding="utf-8"))

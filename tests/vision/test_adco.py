@@ -21,9 +21,9 @@ from copd_ifm import config as cfg
 from copd_ifm.contrastive import ContrastiveLoss
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.errors import UserError
-from natural_images.config import VisionConfig, default_config_name, load_vision_config
+from natural_images.config import VisionConfig
 from natural_images.methods import AdCo, MoCoV2, adco_fill_bank, adco_negative_step, build_model
-from natural_images.run import load_model
+from natural_images.run import default_config_name, load_model, load_vision_config
 
 MOCO_T, MEM_T, MEM_LR, MOMENTUM, MEM_WD = 0.12, 0.02, 3.0, 0.9, 1e-4
 

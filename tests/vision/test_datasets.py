@@ -27,7 +27,8 @@ from copd_ifm.cli import main
 from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.contrastive.runtime import seed_everything
 from copd_ifm.errors import UserError
-from natural_images.config import DataConfig, VisionConfig, load_vision_config
+from natural_images.config import DataConfig, VisionConfig
+from natural_images.run import load_vision_config
 from natural_images.datasets import build_dataset, image_sizes, imagenet100_classes, label_names
 from natural_images.linear import linear_readout
 from natural_images.methods import build_model

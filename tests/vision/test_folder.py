@@ -13,7 +13,8 @@ from PIL import Image
 from copd_ifm.cli import main
 from copd_ifm.errors import UserError
 from natural_images.backbones import build_backbone
-from natural_images.config import VISION_CONFIG_DIR, DataConfig, default_config_name, load_vision_config
+from natural_images.config import VISION_CONFIG_DIR, DataConfig
+from natural_images.run import default_config_name, load_vision_config
 from natural_images.datasets import available_datasets, build_dataset, image_sizes
 
 from tests.vision.test_datasets import write_cifar10
@@ -152,8 +153,8 @@ def test_loader_workers_are_capped_at_the_usable_cores(monkeypatch):
     import os
 
     from copd_ifm.contrastive.runtime import loader_workers
-    from natural_images.config import config_path, load_vision_config
+    from copd_ifm.config import named_config
 
-    assert load_vision_config(str(config_path("folder_simclr"))).data.workers == 8
+    assert load_vision_config(str(named_config("vision", "folder_simclr"))).data.workers == 8
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert [loader_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 2, 2]

@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from copd_ifm import config as cfg
 from copd_ifm.contrastive.optim import OptimConfig
 from natural_images.augment import eval_transform, linear_train_transform
-from natural_images.config import LinearConfig, load_vision_config
+from natural_images.config import LinearConfig
+from natural_images.run import load_vision_config
 from natural_images.linear import fit_linear, fit_linear_augmented, linear_readout
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+import yaml
 from PIL import Image
 
 from copd_ifm.cli import main
 from copd_ifm.contrastive.neighbours import perturbed_neighbours
 from natural_images.augment import eval_transform, train_transform
-from natural_images.config import load_vision_config
 from natural_images.datasets import build_dataset, dataset_spec
 from natural_images.features import extract_features
 from natural_images.linear import fit_linear, linear_readout
 from natural_images.robust import fgsm_to_target, random_targets
-from natural_images.run import load_encoder, load_model
+from natural_images.run import load_encoder, load_model, load_vision_config
 from natural_images.train import pretrain
 from tests.helpers import one_thread
 
@@ -59,6 +59,20 @@ def test_perturbed_neighbours_on_a_hand_made_circle():
     # v⁻ + v at 110° (item 4 at 120°), v⁻ + 2v at 67.5° (item 2 at 60°): towards it.
     assert found["pos_index"][0].tolist() == [1, 10, 8]
     assert found["neg_index"][0].tolist() == [6, 4, 2]
+
+
+@pytest.mark.parametrize("command, doc, other", [
+    (["vision", "visualize-ifm"], {"cohort": {"name": "demo"}, "pretrain": {"seed": 0}}, "copd-ifm visualize-ifm"),
+    (["visualize-ifm"], {"method": "simclr"}, "copd-ifm vision visualize-ifm"),
+])
+def test_each_visualize_ifm_refuses_the_other_kind_of_run_naming_its_command(command, doc, other, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    assert main([*command, "--run", str(run), "--out", str(tmp_path / "vis")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"use `{other} --run {run}`" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "vis").exists()
 
 
 @pytest.mark.slow

@@ -1,10 +1,16 @@
-"""``copd-ifm vision demo | pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
+"""``copd-ifm vision demo | pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``:
+the vision half's commands, registered by the main CLI (:func:`add_vision_parser`).
+
+Built on the CLI's argument plumbing (:mod:`copd_ifm.cli.args`, the one override path); each command imports
+its stage when it runs, so ``copd-ifm --help`` and the CT stages do not load torchvision.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 
-from copd_ifm.cli.args import add_extend, add_ifm_only, add_set, common, fmt, overrides, shard, workers
+from copd_ifm.cli.args import (Parser, add_extend, add_ifm_only, add_set, add_visualize_ifm, common, fmt, overrides,
+                               run_visualize_ifm, shard, workers)
 
 log = logging.getLogger("copd_ifm")
 
@@ -23,16 +29,16 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from copd_ifm.config import named_config
     from copd_ifm.contrastive.rundir import resume_source
-    from natural_images.config import config_path, default_config_name, load_vision_config
-    from natural_images.run import default_run_dir
+    from natural_images.run import default_config_name, default_run_dir, load_vision_config
     from natural_images.train import pretrain
 
     resume = args.resume or args.extend
     if resume:
         name = str(resume_source(args.out, args.config))
     else:
-        name = str(config_path(args.config or default_config_name(args.dataset, args.method)))
+        name = str(named_config("vision", args.config or default_config_name(args.dataset, args.method)))
     config = load_vision_config(name, overrides=overrides(args, _VISION_FLAGS))
     out = Path(args.out) if args.out else default_run_dir(config)
     summary = pretrain(config, out, resume=resume, device=args.device, extend=args.extend)
@@ -58,29 +64,10 @@ def cmd_vision_linear(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = [-1.0]
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 such as 0.1,0.2,1.0, got {text!r}")
-    return values
-
-
 def cmd_vision_visualize_ifm(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from copd_ifm.evaluation.neighbours import ct_ifm_neighbours, is_context_run
     from natural_images.visualize import visualize_ifm
 
-    out = Path(args.out) if args.out else Path(args.run) / "ifm"
-    ct = is_context_run(args.run)
-    draw = ct_ifm_neighbours if ct else visualize_ifm
-    result = draw(args.run, args.eps, args.anchors, out, device=args.device, seed=args.seed)
-    print(f"IFM neighbours of {len(result['anchor_index'])} anchors at ε = {result['eps']} (bank of "
-          f"{result['bank_size']} {'subjects' if ct else 'training images'}): {out / 'ifm_neighbours.png'}")
-    return 0
+    return run_visualize_ifm(args, "vision", visualize_ifm, "training images")
 
 
 def cmd_vision_robust(args: argparse.Namespace) -> int:
@@ -176,8 +163,13 @@ def add_vision_demo_parser(vsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_vision_demo)
 
 
-def add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
-    """``copd-ifm vision demo | pretrain | linear | visualize-ifm | robust | make-trifeature | make-digits | study``."""
+def add_vision_parser(sub: argparse._SubParsersAction) -> None:
+    """``copd-ifm vision`` and its commands (``demo | pretrain | linear | visualize-ifm | robust | make-trifeature |
+    make-digits | study``) under the main parser's stages ``sub``."""
+    p = sub.add_parser("vision", help="SimCLR / MoCo-v2 with IFM on natural images", formatter_class=fmt)
+    common(p)
+    vsub = p.add_subparsers(dest="vision_cmd", metavar="COMMAND", parser_class=Parser)
+    vsub.required = True
     add_vision_demo_parser(vsub)
     p = vsub.add_parser("pretrain", help="SimCLR / MoCo-v2 pretraining with IFM", formatter_class=fmt,
                         description="Unset flags keep the config's value. Runs under torchrun for DDP "
@@ -233,16 +225,7 @@ def add_vision_parsers(vsub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_vision_linear)
 
-    p = vsub.add_parser("visualize-ifm", help="nearest training images to IFM-perturbed keys (paper Fig. 4)",
-                        formatter_class=fmt)
-    p.add_argument("--run", required=True, help="run folder of 'vision pretrain', or of 'pretrain' (CT: subjects)")
-    p.add_argument("--eps", type=_floats, default=[0.1, 0.2, 1.0], help="comma-separated ε (0 is always added)")
-    p.add_argument("--anchors", type=workers, default=4, help="anchors, evenly spaced over the train split (CT: store)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the anchor views and negatives")
-    p.add_argument("--out", default=None, help="folder for ifm_neighbours.png/.json; unset: RUN/ifm")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
-    common(p)
-    p.set_defaults(func=cmd_vision_visualize_ifm)
+    add_visualize_ifm(vsub, "vision pretrain", "training images").set_defaults(func=cmd_vision_visualize_ifm)
 
     p = vsub.add_parser("robust", help="robust vs non-robust features: probes on D, D_R, D_NR (paper Fig. 8)",
                         formatter_class=fmt)
