@@ -109,9 +109,31 @@ def cmd_vision_make_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vision_recipe(args: argparse.Namespace) -> int:
+    from natural_images.studies.recipes import load_recipe
+    from natural_images.studies.recipes_run import run_recipe
+
+    extra: dict = {"seeds": args.seeds} if args.seeds else {}
+    run: dict = {}
+    if args.epochs:
+        run["epochs"] = args.epochs
+    if args.dataset or args.data_root:
+        run["data"] = {k: v for k, v in (("dataset", args.dataset), ("root", args.data_root)) if v}
+    if run:
+        extra["run"] = run
+    study = load_recipe(args.study, args.scale or "tiny", args.config, args.overrides, extra)
+    out = run_recipe(study, args.out or f"outputs/studies/{study.study}-{study.scale}", shard=args.shard,
+                     device=args.device, report_only=args.report_only)
+    print(f"{study.study} study ({study.scale}): {out / 'summary.md'}, results.csv, {study.study}.png")
+    return 0
+
+
 def cmd_vision_study(args: argparse.Namespace) -> int:
     from natural_images.studies import aggregate, load_study_config, run_study
+    from natural_images.studies.recipes import KINDS
 
+    if args.study in KINDS:
+        return cmd_vision_recipe(args)
     extra: dict = {}
     if args.dataset:
         extra["dataset"] = args.dataset
@@ -122,7 +144,7 @@ def cmd_vision_study(args: argparse.Namespace) -> int:
     if args.data_root:
         extra.setdefault("run", {})["data"] = {"root": args.data_root}
         extra["digits"] = {"raw_root": args.data_root}
-    study = load_study_config(args.study, args.scale, args.config, args.overrides, extra)
+    study = load_study_config(args.study, args.scale or "small", args.config, args.overrides, extra)
     out = args.out or f"outputs/studies/{study.study}-{study.dataset}-{study.scale}"
     if args.report_only:
         table = aggregate(study, out)
@@ -269,20 +291,23 @@ def add_vision_parser(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_vision_make_digits)
 
-    p = vsub.add_parser("study", help="feature-suppression studies (difficulty, IFM, correlation)",
-                        formatter_class=fmt)
-    p.add_argument("study", choices=["difficulty", "ifm", "correlation"],
-                   help="difficulty: τ/β sweeps; ifm: IFM vs baseline; correlation: loss vs read-out error")
-    p.add_argument("--scale", choices=["small", "paper"], default="small",
-                   help="small: 32-px images, CPU minutes; paper: 128-px Trifeature, ResNet-18, 200 epochs")
+    p = vsub.add_parser("study", help="vision studies: feature suppression (difficulty, IFM, correlation), the "
+                        "paper's Table 1 grid (table1) and robust features (robust)", formatter_class=fmt)
+    p.add_argument("study", choices=["difficulty", "ifm", "correlation", "table1", "robust"],
+                   help="difficulty: τ/β sweeps; ifm: IFM vs baseline; correlation: loss vs read-out error; "
+                        "table1: MoCo-v2/AdCo × ε, linear top-1; robust: SimCLR vs IFM on D, D_R, D_NR")
+    p.add_argument("--scale", choices=["tiny", "small", "paper"], default=None,
+                   help="tiny: smoke test (table1, robust); small: 32-px images, CPU minutes (feature "
+                        "suppression); paper: the paper's setting; unset: small, or tiny for table1/robust")
     p.add_argument("--config", default=None, help="study YAML; unset: configs/vision/studies/STUDY-SCALE.yaml")
-    p.add_argument("--dataset", choices=["trifeature", "digits-standin", "stl-digits"], default=None,
-                   help="unset: the config's (trifeature)")
+    p.add_argument("--dataset", default=None,
+                   help="unset: the config's (trifeature, digits-standin or stl-digits for feature suppression)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting; unset: the config's")
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs per run; unset: the config's")
     p.add_argument("--data-root", default=None,
                    help="folder holding (or receiving) the generated dataset and STL10/MNIST; unset: the config's")
-    p.add_argument("--out", default=None, help="study folder; unset: outputs/studies/STUDY-DATASET-SCALE")
+    p.add_argument("--out", default=None,
+                   help="study folder; unset: outputs/studies/STUDY-DATASET-SCALE (table1, robust: STUDY-SCALE)")
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
                    help="run only every N-th run from the K-th (one process per GPU)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")

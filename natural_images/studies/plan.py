@@ -24,23 +24,15 @@ def plan_controls(study: StudyConfig) -> list[RunPlan]:
     return controls(max(study.seeds, study.controls)) if study.control else []
 
 
-def _set(tree: dict, dotted: str, value: object) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-
-
 def run_config(study: StudyConfig, plan: RunPlan) -> VisionConfig:
     """The VisionConfig of one run: ``study.run``, the dataset (at its generated size), then the sweep point."""
     tree = json.loads(json.dumps(study.run))
-    _set(tree, "data.dataset", study.dataset)
+    cfg.set_dotted(tree, "data.dataset", study.dataset)
     data = tree["data"]
     for key in ("crop_size", "eval_size"):
         data.setdefault(key, data_size(study))
     for key, value in plan.values:
-        _set(tree, key, value)
+        cfg.set_dotted(tree, key, value)
     config = cfg.from_dict(VisionConfig, tree, f"study run {plan.run_id}")
     if config.method != "simclr":
         raise UserError(f"study run {plan.run_id}: method must be simclr (the studies' final InfoNCE is SimCLR's)")

@@ -26,7 +26,8 @@ from typing import Any
 from copd_ifm import config as cfg
 from copd_ifm.errors import UserError
 from copd_ifm.studies.grid import RunPlan, controls, sweep_runs
-from natural_images.config import METHODS, VISION_CONFIG_DIR, VisionConfig, config_path, load_vision_config
+from natural_images.config import METHODS, VISION_CONFIG_DIR, VisionConfig
+from natural_images.run import load_vision_config
 
 KINDS = ("table1", "robust")
 SCALES = ("tiny", "paper")
@@ -91,7 +92,7 @@ def method_config(study: RecipeStudy, method: str) -> str:
     first = study.methods[0]
     name = Path(study.config).stem
     if method != first and re.search(f"_{first}$", name):
-        sibling = config_path(study.config).with_name(f"{name[:-len(first)]}{method}.yaml")
+        sibling = cfg.named_config("vision", study.config).with_name(f"{name[:-len(first)]}{method}.yaml")
         if sibling.is_file():
             return str(sibling)
     return study.config

@@ -26,7 +26,7 @@ from copd_ifm.studies.runner import check_shard, raise_if_failed, run_shard
 from natural_images.augment import TwoViews, train_transform
 from natural_images.backbones import resolve_stem
 from natural_images.config import DataConfig, VisionConfig
-from natural_images.datasets import (as_label_matrix, build_dataset, dataset_root, dataset_spec, image_sizes,
+from natural_images.datasets import (build_dataset, dataset_labels, dataset_root, dataset_spec, image_sizes,
                                      label_names)
 from natural_images.digits import DigitsSpec, make_digits
 from natural_images.feature_datasets import read_folder_meta
@@ -106,7 +106,7 @@ def final_infonce(run_dir: str | Path, batches: int, device: torch.device | str 
 
 def majority_shares(dataset: Dataset) -> dict[str, float]:
     """Per label column: the share (%) of the most frequent class, i.e. the accuracy of always guessing it."""
-    labels = as_label_matrix(dataset.targets)  # type: ignore[attr-defined]
+    labels = dataset_labels(dataset)
     shares = {}
     for col, name in enumerate(label_names(dataset)):
         known = labels[:, col][labels[:, col] >= 0]

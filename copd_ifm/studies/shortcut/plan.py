@@ -84,17 +84,6 @@ class ShortcutStudy:
             raise ValueError(f"folds must be >= 2 and samples_per_dim >= 1, got {self.folds}, {self.samples_per_dim}")
 
 
-def parse_list(text: str, flag: str) -> list[float]:
-    """``"0.1,0.5"`` → ``[0.1, 0.5]``; anything else is a one-line UserError naming ``flag``."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: give comma-separated numbers such as 0.1,0.5") from None
-    if not values:
-        raise UserError(f"{flag} is empty: give comma-separated numbers such as 0.1,0.5")
-    return values
-
-
 def load_study(scale: str, path: str | None = None, overrides: list[str] | None = None,
                extra: dict[str, Any] | None = None) -> ShortcutStudy:
     """``configs/studies/shortcut-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
