@@ -2,11 +2,12 @@
 
 * the vision half (``natural_images``) stands on the engine and the floor alone: it imports only
   ``copd_ifm`` (its version), the floor (``copd_ifm.config``, ``errors``, ``files``, ``stats``), the engine
-  (``copd_ifm.contrastive.*``) and the domain-free top-level modules of ``copd_ifm.studies`` (not its
-  subpackages, the CT study kinds); ``natural_images.cli`` also imports the CLI's argument plumbing
+  (``copd_ifm.contrastive.*``) and the study framework (:data:`FRAMEWORK`, not the CT study kinds or
+  their ``ct_runs``); ``natural_images.cli`` also imports the CLI's argument plumbing
   ``copd_ifm.cli.args``, the one override path, since the vision half owns its commands;
 * the floor, the engine and the CT half (``ct``, ``cohort``, ``context``, ``evaluation``) import nothing of
-  ``natural_images``;
+  ``natural_images``; nor does ``copd_ifm.studies``;
+* the study framework imports only the floor and itself;
 * nothing outside ``copd_ifm.cli`` imports the CLI, but ``python -m copd_ifm`` (``copd_ifm.__main__``) and
   ``natural_images.cli`` (its ``args``);
 * no import circle among the modules' module-level imports (``if TYPE_CHECKING:`` blocks aside).
@@ -24,6 +25,9 @@ PACKAGES = ("copd_ifm", "natural_images")
 FLOOR = ("copd_ifm.config", "copd_ifm.errors", "copd_ifm.files", "copd_ifm.stats")
 ENGINE = "copd_ifm.contrastive"
 CT_HALF = ("copd_ifm.ct", "copd_ifm.cohort", "copd_ifm.context", "copd_ifm.evaluation")
+#: The domain-free study framework both halves build their studies on.
+FRAMEWORK = ("copd_ifm.studies", "copd_ifm.studies.grid", "copd_ifm.studies.folder", "copd_ifm.studies.runner",
+             "copd_ifm.studies.results")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -94,17 +98,17 @@ def boundary_violations(root: Path = REPO) -> list[str]:
             return True
         if target == "copd_ifm.cli.args":
             return source == "natural_images.cli"
-        parts = target.split(".")
-        studies_module = parts[:2] == ["copd_ifm", "studies"] and len(parts) <= 3
-        return studies_module and (len(parts) == 2 or (root / "copd_ifm" / "studies" / f"{parts[2]}.py").is_file())
+        return target in FRAMEWORK
 
     bad = []
     for source, path in modules.items():
         for target, line in imports(source, path, modules):
             if _within(source, "natural_images"):
                 ok = vision_may_import(source, target)
+            elif source in FRAMEWORK and _within(target, "copd_ifm"):
+                ok = target in FLOOR or target in FRAMEWORK
             elif _within(target, "natural_images"):
-                ok = not any(_within(source, layer) for layer in (*FLOOR, ENGINE, *CT_HALF))
+                ok = not any(_within(source, layer) for layer in (*FLOOR, ENGINE, *CT_HALF, "copd_ifm.studies"))
             elif _within(target, "copd_ifm.cli"):
                 ok = _within(source, "copd_ifm.cli") or source == "copd_ifm.__main__"
             else:
@@ -181,6 +185,12 @@ def _copy(tmp_path: Path) -> Path:
      "copd_ifm.contrastive.loop:{n} imports natural_images.train"),
     ("copd_ifm/context/train.py", "from copd_ifm.cli.args import overrides",
      "copd_ifm.context.train:{n} imports copd_ifm.cli.args"),
+    ("natural_images/studies/recipes.py", "from copd_ifm.studies.ct_runs import Target",
+     "natural_images.studies.recipes:{n} imports copd_ifm.studies.ct_runs"),
+    ("copd_ifm/studies/folder.py", "from copd_ifm.context.train import pretrain",
+     "copd_ifm.studies.folder:{n} imports copd_ifm.context.train"),
+    ("copd_ifm/studies/shortcut/report.py", "from natural_images import study_plots",
+     "copd_ifm.studies.shortcut.report:{n} imports natural_images.study_plots"),
 ])
 def test_a_broken_boundary_is_reported(module, line, rule, tmp_path):
     root = _copy(tmp_path)
