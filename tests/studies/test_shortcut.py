@@ -135,7 +135,7 @@ def test_study_end_to_end(finished: Path) -> None:
     assert (f"instance accuracy on the unperturbed logits (positive above every negative): "
             f"{np.mean(baseline_acc):.3f}") in summary
     assert f"1/(K + 1) = {np.exp(-queue):.4f}" in summary
-    regions = pd.read_csv(finished / "runs" / "tau0.2_eps0_seed0" / "regions-nested.csv")
+    regions = pd.read_csv(finished / "runs" / "tau0.2_eps0_seed0" / "regions-pca-rule.csv")
     nodes = np.load(finished / "runs" / "tau0.2_eps0_seed0" / "nodes.npy")
     assert len(regions) == nodes.shape[1] and nodes.shape[0] == 10
 

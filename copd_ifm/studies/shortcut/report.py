@@ -193,7 +193,8 @@ def write_summary(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: 
     lines += sensitivity
     lines += ["## Figures", "", "- `shortcut.png`: read-out per target vs ε (mean ± sd over seeds) with the "
               "control lines.",
-              f"- `regions.png`: per-landmark cross-validated R² of `{study.regions_latent}` from that landmark's "
+              f"- `regions.png`: per-landmark cross-validated R² (read-out `{study.regions_readout}`, chosen for "
+              f"its cost: one read-out per landmark) of `{study.regions_latent}` from that landmark's "
               "node embedding (coronal projection, mean over seeds and over landmarks along the AP axis), next to "
               "the measured share of voxels < −950 HU per landmark (the generator draws centrilobular emphysema "
               "with an upper-zone predominance).", ""]
@@ -240,6 +241,7 @@ def write_report(study: ShortcutStudy, out: Path, cohort: CohortConfig, plans: l
     plots.plot_shortcut(results, [t.outcome for t in targets], out / "shortcut.png")
     region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
     shown = [p for p, _ in finished(out, map_runs(plans))]
-    maps = {p.run_id: run_regions(out, p, region_target, study.samples_per_dim, study.readout) for p in shown}
+    maps = {p.run_id: run_regions(out, p, region_target, study.samples_per_dim, study.regions_readout)
+            for p in shown}
     plots.plot_regions(shown, maps, store, study.regions_latent, out / "regions.png")
     return results

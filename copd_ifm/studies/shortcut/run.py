@@ -56,8 +56,8 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
                 out: Path, device: str = "auto", regional: bool = True) -> dict[str, Any]:
     """Pretrain (or resume, or build untrained), extract, read out; ``result.json`` last. Returns its content.
 
-    ``regional``: also write the per-landmark read-out ``regions-<protocol>.csv`` (one CV per landmark:
-    the costliest read-out, so the study asks for it only where the regional map uses it).
+    ``regional``: also write the per-landmark read-out ``regions-<regions_readout>.csv`` (one CV per
+    landmark: the costliest read-out, so the study asks for it only where the regional map uses it).
     """
     done = read_result(out, plan.run_id)
     if done is not None:
@@ -69,7 +69,7 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     ct_runs.run_readout(out, plan, targets, study.samples_per_dim, study.readout)
     if regional:
         region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
-        run_regions(out, plan, region_target, study.samples_per_dim, study.readout)
+        run_regions(out, plan, region_target, study.samples_per_dim, study.regions_readout)
     return write_result(folder, {"run_id": plan.run_id, "method": ct_runs.method(plan),
                                  "epsilon": ct_runs.epsilon(plan), "tau": ct_runs.tau(plan), "seed": plan.seed,
                                  **ct_runs.final_losses(folder, cfg), "wall_s": round(time.time() - started, 1)})
