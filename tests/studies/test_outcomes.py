@@ -147,3 +147,17 @@ def test_rerun_skips_and_report_only_rereads(finished: Path, tmp_path: Path, mon
     pd.testing.assert_frame_equal(pd.read_csv(copy / "comparisons.csv"), pd.read_csv(finished / "comparisons.csv"))
     with pytest.raises(UserError, match="holds a study with folds=2"):
         run_study(load_study("tiny", extra={**EXTRA, "folds": 3}), copy, device="cpu", report_only=True)
+
+
+@pytest.mark.slow
+def test_report_only_without_the_runs_is_refused(finished: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    shutil.rmtree(copy / "runs" / "untrained_seed1")
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    capsys.readouterr()
+    argv = ["study", "outcomes", "--scale", "tiny", "--out", str(copy), "--report-only"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "untrained_seed1" in err and "restore" in err
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before

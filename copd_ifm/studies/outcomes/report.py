@@ -18,6 +18,7 @@ from copd_ifm.evaluation.plots import plot_differences
 from copd_ifm.evaluation.readout import describe as readout_text
 from copd_ifm.studies import ct_runs
 from copd_ifm.studies.ct_runs import Target
+from copd_ifm.studies.folder import check_report_keeps_runs
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.outcomes import compare
 from copd_ifm.studies.outcomes.plan import SYNTHETIC, OutcomesStudy
@@ -123,6 +124,7 @@ def _scale_lines(study: OutcomesStudy, cohort: CohortConfig, plans: list[RunPlan
 def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: list[RunPlan], targets: list[Target],
                  density: pd.DataFrame, skipped: list[str]) -> pd.DataFrame:
     """Write every report file from the finished runs; returns the comparison table."""
+    check_report_keeps_runs(out)
     per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, study.readout,
                                               [study.features])
     files.atomic_write_text(out / "results.csv", ct_runs.fold_means(per_fold).to_csv(index=False, float_format="%.8g"))

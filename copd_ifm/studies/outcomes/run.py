@@ -23,7 +23,7 @@ from copd_ifm.evaluation.evaluate import too_few
 from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, read_manifest
 from copd_ifm.studies import ct_runs
 from copd_ifm.studies.ct_runs import Target
-from copd_ifm.studies.folder import read_result, run_dir, write_result
+from copd_ifm.studies.folder import check_report_keeps_runs, read_result, run_dir, write_result
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.outcomes.plan import (OutcomesStudy, base_tau, check_or_save_study, plan_runs, run_config,
                                             study_cohort)
@@ -73,6 +73,8 @@ def run_study(study: OutcomesStudy, out: str | Path, shard: tuple[int, int] = (0
     the report from every finished run; returns the study folder."""
     check_shard(shard)
     out = Path(out)
+    if report_only:  # before building the cohort: a copied folder without its runs fails at once
+        check_report_keeps_runs(out)
     check_or_save_study(study, out)
     cohort = study_cohort(study, out)
     plans = plan_runs(study, base_tau(study, cohort))
