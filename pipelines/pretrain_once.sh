@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Train one vision run to completion, once: skip it when finished, resume it when interrupted, else start it.
+# Use it for one run spread over several GPUs (LAUNCH=torchrun ...); a grid of runs is a study, e.g.
+# `copd-ifm vision study table1` (the paper's Table 1 grid), run through pipelines/shards.sh.
 #
 #   pipelines/pretrain_once.sh RUN [`copd-ifm vision pretrain` flags for a new run]
 #

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Run one sharded `copd-ifm` command on every GPU (paper scale) or CPU core (small scales), then aggregate.
+# Run any study command on every GPU (paper scale) or CPU core (small scales), one shard each, then its report.
 #
-#   pipelines/shards.sh COPD-IFM-ARGS...     e.g. pipelines/shards.sh vision study ifm --scale small
+#   pipelines/shards.sh COPD-IFM-ARGS...     e.g. PROCS=2 pipelines/shards.sh study shortcut --scale small
 #
-# The command must take --shard K/N, --device and --report-only (`vision study`, `study shortcut`).
+# The study commands (each takes --shard K/N, --device and --report-only; extra flags pass through, e.g. --out):
+#   study shortcut | outcomes --scale tiny|small|paper
+#   vision study difficulty | ifm | correlation --scale small|paper [--dataset trifeature|stl-digits|digits-standin]
+#   vision study table1 | robust --scale tiny|paper
 # One process per GPU (CUDA_VISIBLE_DEVICES=K, --shard K/N); without GPUs one single-threaded process per
 # CPU core (PROCS, default: all cores), which on a small CPU beats one process with many threads.
 # Finished runs are skipped, so rerunning the same command resumes an interrupted study.
