@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from copd_ifm import config as cfg
-from copd_ifm.errors import UserError
+from copd_ifm.studies import config as study_config
 
 STUDIES = ("difficulty", "ifm", "correlation")
 SCALES = ("demo", "small", "paper")
@@ -72,12 +72,8 @@ class StudyConfig:
 def load_study_config(study: str, scale: str, path: str | None = None, overrides: list[str] | None = None,
                       extra: dict[str, Any] | None = None) -> StudyConfig:
     """``configs/vision/studies/<study>-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
-    if path is None:
-        path = str(STUDY_CONFIG_DIR / f"{study}-{scale}.yaml")
-    study_cfg = cfg.load(StudyConfig, path, overrides, extra)
-    if study_cfg.study != study:
-        raise UserError(f"{path}: describes study {study_cfg.study!r}, not {study!r}; pick the matching --config")
-    return study_cfg
+    return study_config.load_study(StudyConfig, study, scale, "vision/studies", path, overrides, extra,
+                                   check_scale=path is None)
 
 
 def data_size(study: StudyConfig) -> int:

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from copd_ifm import config as cfg
-from copd_ifm.errors import UserError
+from copd_ifm.studies import config as study_config
 from copd_ifm.studies.grid import RunPlan, controls, sweep_runs
-from natural_images.config import METHODS, VISION_CONFIG_DIR, VisionConfig
+from natural_images.config import METHODS, VisionConfig
 from natural_images.run import load_vision_config
 
 KINDS = ("table1", "robust")
 SCALES = ("tiny", "paper")
-RECIPE_CONFIG_DIR = VISION_CONFIG_DIR / "studies"
 
 
 @dataclass
@@ -73,10 +72,8 @@ class RecipeStudy:
 def load_recipe(kind: str, scale: str, path: str | None = None, overrides: list[str] | None = None,
                 extra: dict[str, Any] | None = None) -> RecipeStudy:
     """``configs/vision/studies/<kind>-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
-    study = cfg.load(RecipeStudy, path or RECIPE_CONFIG_DIR / f"{kind}-{scale}.yaml", overrides, extra)
-    if study.study != kind:
-        raise UserError(f"{path}: describes study {study.study!r}, not {kind!r}; pick the matching --config")
-    return study
+    return study_config.load_study(RecipeStudy, kind, scale, "vision/studies", path, overrides, extra,
+                                   check_scale=path is None)
 
 
 def plan_runs(study: RecipeStudy) -> list[RunPlan]:

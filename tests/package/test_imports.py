@@ -26,8 +26,8 @@ FLOOR = ("copd_ifm.config", "copd_ifm.errors", "copd_ifm.files", "copd_ifm.stats
 ENGINE = "copd_ifm.contrastive"
 CT_HALF = ("copd_ifm.ct", "copd_ifm.cohort", "copd_ifm.context", "copd_ifm.evaluation")
 #: The domain-free study framework both halves build their studies on.
-FRAMEWORK = ("copd_ifm.studies", "copd_ifm.studies.grid", "copd_ifm.studies.folder", "copd_ifm.studies.runner",
-             "copd_ifm.studies.results")
+FRAMEWORK = ("copd_ifm.studies", "copd_ifm.studies.config", "copd_ifm.studies.grid", "copd_ifm.studies.folder",
+             "copd_ifm.studies.runner", "copd_ifm.studies.results")
 
 
 def module_name(path: Path, root: Path) -> str:

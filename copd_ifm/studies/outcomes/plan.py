@@ -13,18 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from copd_ifm import config as cfg_io
 from copd_ifm.cohort.config import CohortConfig, resolve_cohort
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import OUTCOMES, parse_outcomes
 from copd_ifm.evaluation.readout import DEFAULT_READOUT, READOUTS
+from copd_ifm.studies import config as study_config
 from copd_ifm.studies import ct_runs, folder
 from copd_ifm.studies.ct_runs import StudyCohort
 from copd_ifm.studies.grid import RunPlan, controls, seed_major, sweep_runs
 
 SCALES = ("tiny", "small", "paper")
-STUDY_CONFIG_DIR = cfg_io.CONFIG_DIR / "studies"
 SYNTHETIC = "synthetic"
 #: Study fields that change no run: workers, and the read-out protocols (each run caches one read-out per protocol).
 RUNTIME_FIELDS = ("synthetic.workers", "readout", "sensitivity")
@@ -73,11 +71,7 @@ class OutcomesStudy:
 def load_study(scale: str, path: str | None = None, overrides: list[str] | None = None,
                extra: dict[str, Any] | None = None) -> OutcomesStudy:
     """``configs/studies/outcomes-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
-    study = cfg_io.load(OutcomesStudy, path or STUDY_CONFIG_DIR / f"outcomes-{scale}.yaml", overrides, extra)
-    if study.scale != scale:
-        raise UserError(f"{path or 'the study config'}: scale is {study.scale!r}, not {scale!r}; "
-                        f"pick the matching --scale or fix its scale field")
-    return study
+    return study_config.load_study(OutcomesStudy, "outcomes", scale, "studies", path, overrides, extra)
 
 
 def study_cohort(study: OutcomesStudy, out: Path) -> CohortConfig:

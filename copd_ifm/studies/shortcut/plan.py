@@ -14,20 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from copd_ifm import config as cfg_io
 from copd_ifm.cohort.config import CohortConfig
 from copd_ifm.cohort.phenotypes import SITES
 from copd_ifm.cohort.synthetic_subject import LATENT_COLUMNS
 from copd_ifm.context.config import PretrainConfig
-from copd_ifm.errors import UserError
 from copd_ifm.evaluation.outcomes import OUTCOMES, Outcome, parse_outcomes
 from copd_ifm.evaluation.readout import DEFAULT_READOUT, READOUTS
+from copd_ifm.studies import config as study_config
 from copd_ifm.studies import ct_runs, folder
 from copd_ifm.studies.ct_runs import StudyCohort
 from copd_ifm.studies.grid import RunPlan, controls, seed_major, sweep_runs
 
 SCALES = ("tiny", "small", "paper")
-STUDY_CONFIG_DIR = cfg_io.CONFIG_DIR / "studies"
 #: Latents that can be read out: every ground-truth column of ``latents.csv`` except the id.
 READABLE_LATENTS = tuple(c for c in LATENT_COLUMNS if c != "sid")
 #: The scanner site is categorical; its levels are ordered by noise level (the site table is monotone),
@@ -90,11 +88,7 @@ class ShortcutStudy:
 def load_study(scale: str, path: str | None = None, overrides: list[str] | None = None,
                extra: dict[str, Any] | None = None) -> ShortcutStudy:
     """``configs/studies/shortcut-<scale>.yaml`` (or ``path``), then ``extra`` fields, then ``--set``."""
-    study = cfg_io.load(ShortcutStudy, path or STUDY_CONFIG_DIR / f"shortcut-{scale}.yaml", overrides, extra)
-    if study.scale != scale:
-        raise UserError(f"{path or 'the study config'}: scale is {study.scale!r}, not {scale!r}; "
-                        f"pick the matching --scale or fix its scale field")
-    return study
+    return study_config.load_study(ShortcutStudy, "shortcut", scale, "studies", path, overrides, extra)
 
 
 def targets(study: ShortcutStudy) -> list[Outcome]:
