@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from copd_ifm.evaluation.evaluate import densitometry_features, load_densitometr
 from copd_ifm.evaluation.extract import extract_features
 from copd_ifm.evaluation.features import FEATURES_FILE, read_feature_sets
 from copd_ifm.evaluation.outcomes import Outcome
-from copd_ifm.studies.folder import run_dir
+from copd_ifm.studies.folder import read_result, run_dir, write_result
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.results import finished
 
@@ -148,6 +149,22 @@ def train_and_extract(cfg: PretrainConfig, cohort: CohortConfig, plan: RunPlan, 
     nodes_path = folder / NODES_FILE if nodes else None
     if not (folder / FEATURES_FILE).is_file() or (nodes_path is not None and not nodes_path.is_file()):
         extract_features(folder, cohort, device=device, workers=cfg.workers, nodes_out=nodes_path)
+
+
+def execute(out: Path, plan: RunPlan, cfg: PretrainConfig, cohort: CohortConfig, device: str,
+            read: Callable[[], object], nodes: bool = False) -> dict[str, Any]:
+    """One CT run: a finished one returns its ``result.json``; else :func:`train_and_extract`, then ``read``
+    (the study kind's read-outs), then ``result.json`` last (its plan, last-epoch losses and wall time)."""
+    done = read_result(out, plan.run_id)
+    if done is not None:
+        return done
+    started = time.time()
+    folder = run_dir(out, plan.run_id)
+    train_and_extract(cfg, cohort, plan, folder, device, nodes)
+    read()
+    return write_result(folder, {"run_id": plan.run_id, "method": method(plan), "epsilon": epsilon(plan),
+                                 "tau": tau(plan), "seed": plan.seed, **final_losses(folder, cfg),
+                                 "wall_s": round(time.time() - started, 1)})
 
 
 def final_losses(folder: Path, cfg: PretrainConfig) -> dict[str, float]:

@@ -9,7 +9,6 @@ K-th; finished runs are skipped and an interrupted pretraining resumes.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from copd_ifm.evaluation.evaluate import too_few
 from copd_ifm.evaluation.outcomes import outcome_values, parse_outcomes, read_manifest
 from copd_ifm.studies import ct_runs
 from copd_ifm.studies.ct_runs import Target
-from copd_ifm.studies.folder import check_report_keeps_runs, read_result, run_dir, write_result
+from copd_ifm.studies.folder import check_report_keeps_runs
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.outcomes.plan import (OutcomesStudy, base_tau, check_or_save_study, plan_runs, run_config,
                                             study_cohort)
@@ -53,18 +52,11 @@ def study_targets(study: OutcomesStudy, cohort: CohortConfig, sids: pd.Index) ->
 def execute_run(study: OutcomesStudy, plan: RunPlan, cohort: CohortConfig, targets: list[Target], out: Path,
                 device: str = "auto") -> dict[str, Any]:
     """Pretrain (or resume, or build untrained), extract, read out; ``result.json`` last. Returns its content."""
-    done = read_result(out, plan.run_id)
-    if done is not None:
-        return done
-    started = time.time()
-    folder = run_dir(out, plan.run_id)
-    cfg = run_config(study, cohort, plan, device)
-    ct_runs.train_and_extract(cfg, cohort, plan, folder, device)
-    # only the tested feature set: the nested ordinal read-out is the costliest step after pretraining
-    ct_runs.run_readout(out, plan, targets, study.samples_per_dim, study.readout, [study.features])
-    return write_result(folder, {"run_id": plan.run_id, "method": ct_runs.method(plan),
-                                 "epsilon": ct_runs.epsilon(plan), "seed": plan.seed,
-                                 **ct_runs.final_losses(folder, cfg), "wall_s": round(time.time() - started, 1)})
+    def read() -> None:
+        # only the tested feature set: the nested ordinal read-out is the costliest step after pretraining
+        ct_runs.run_readout(out, plan, targets, study.samples_per_dim, study.readout, [study.features])
+
+    return ct_runs.execute(out, plan, run_config(study, cohort, plan, device), cohort, device, read)
 
 
 def run_study(study: OutcomesStudy, out: str | Path, shard: tuple[int, int] = (0, 1), device: str = "auto",

@@ -14,7 +14,6 @@ runs every N-th run from the K-th, so N processes share a study.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from copd_ifm.evaluation.cv import assign_folds
 from copd_ifm.evaluation.outcomes import Outcome, outcome_values, parse_outcomes, read_manifest
 from copd_ifm.studies import ct_runs
 from copd_ifm.studies.ct_runs import Target
-from copd_ifm.studies.folder import check_report_keeps_runs, read_result, run_dir, write_result
+from copd_ifm.studies.folder import check_report_keeps_runs
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.runner import check_shard, raise_if_failed, run_shard
 from copd_ifm.studies.shortcut.plan import (SITE, ShortcutStudy, base_tau, check_or_save_study, cohort_config,
@@ -59,20 +58,13 @@ def execute_run(study: ShortcutStudy, plan: RunPlan, cohort: CohortConfig, targe
     ``regional``: also write the per-landmark read-out ``regions-<regions_readout>.csv`` (one CV per
     landmark: the costliest read-out, so the study asks for it only where the regional map uses it).
     """
-    done = read_result(out, plan.run_id)
-    if done is not None:
-        return done
-    started = time.time()
-    folder = run_dir(out, plan.run_id)
-    cfg = run_config(study, cohort, plan, device)
-    ct_runs.train_and_extract(cfg, cohort, plan, folder, device, nodes=True)
-    ct_runs.run_readout(out, plan, targets, study.samples_per_dim, study.readout)
-    if regional:
-        region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
-        run_regions(out, plan, region_target, study.samples_per_dim, study.regions_readout)
-    return write_result(folder, {"run_id": plan.run_id, "method": ct_runs.method(plan),
-                                 "epsilon": ct_runs.epsilon(plan), "tau": ct_runs.tau(plan), "seed": plan.seed,
-                                 **ct_runs.final_losses(folder, cfg), "wall_s": round(time.time() - started, 1)})
+    def read() -> None:
+        ct_runs.run_readout(out, plan, targets, study.samples_per_dim, study.readout)
+        if regional:
+            region_target = next(t for t in targets if t.is_latent and t.outcome.name == study.regions_latent)
+            run_regions(out, plan, region_target, study.samples_per_dim, study.regions_readout)
+
+    return ct_runs.execute(out, plan, run_config(study, cohort, plan, device), cohort, device, read, nodes=True)
 
 
 def run_study(study: ShortcutStudy, out: str | Path, shard: tuple[int, int] = (0, 1),
