@@ -161,3 +161,11 @@ def test_report_only_without_the_runs_is_refused(finished: Path, tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "untrained_seed1" in err and "restore" in err
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_a_seed_without_ifm_runs_yet_is_left_out() -> None:
+    """A partly finished study (seed 2 has only its baseline) compares the seeds that have both runs."""
+    per_fold = _per_fold({0.5: [0.10, 0.12, 0.11]}, noise=0.01)
+    partial = per_fold[~((per_fold["seed"] == 2) & (per_fold["method"] == "ifm"))]
+    table = compare.compare(partial)
+    assert table["seeds"].tolist() == [2] and table["folds"].tolist() == [6]

@@ -57,6 +57,8 @@ def seed_differences(per_fold: pd.DataFrame) -> pd.DataFrame:
     for seed, rows in per_fold.groupby("seed", sort=True):
         labelled = rows.assign(method=[label(e) for e in rows["epsilon"]])
         diff = fold_differences(labelled, BASELINE)
+        if diff.empty:   # this seed's baseline or IFM runs have not finished
+            continue
         frames.append(diff.assign(seed=seed, epsilon=[float(m.split("=")[1]) for m in diff["method"]]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -86,7 +88,7 @@ def compare(per_fold: pd.DataFrame) -> pd.DataFrame:
     diffs = seed_differences(per_fold)
     if diffs.empty:
         return pd.DataFrame()
-    diffs = diffs[~diffs["failed"]]
+    diffs = diffs[~diffs["failed"].astype(bool)]
     groups = list(diffs.groupby(["outcome", "epsilon"], sort=False))
     level = ALPHA / max(len(groups), 1)          # Bonferroni share of each test in the family
     rows = []
