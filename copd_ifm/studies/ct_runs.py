@@ -242,7 +242,9 @@ def per_fold_results(out: Path, plans: Sequence[RunPlan], targets: Sequence[Targ
     ``method`` renamed ``features``, plus repeat, method, epsilon, tau, seed and run_id."""
     done = finished(out, plans)
     tables = readouts(out, [plan for plan, _ in done], targets, samples_per_dim, readout, levels)
-    frames = [_tagged(tables[plan.run_id], method(plan), plan) for plan, _ in done]
+    # a cache written before the study narrowed its levels may hold more feature sets: keep the asked ones
+    frames = [_tagged(t[t["method"].isin(levels)] if levels is not None else t, method(plan), plan)
+              for plan, t in ((plan, tables[plan.run_id]) for plan, _ in done)]
     frames.append(_tagged(read_out({"densitometry": density}, targets, samples_per_dim, readout), "densitometry", None))
     frames.append(_tagged(chance_readout(targets), "chance", None))
     return pd.concat(frames, ignore_index=True), pd.DataFrame([r for _, r in done])
