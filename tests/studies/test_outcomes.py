@@ -169,3 +169,13 @@ def test_a_seed_without_ifm_runs_yet_is_left_out() -> None:
     partial = per_fold[~((per_fold["seed"] == 2) & (per_fold["method"] == "ifm"))]
     table = compare.compare(partial)
     assert table["seeds"].tolist() == [2] and table["folds"].tolist() == [6]
+
+
+def test_report_only_on_the_committed_study_without_runs_is_refused(tmp_path: Path, capsys) -> None:
+    committed = helpers.REPO / "benchmarks" / "studies" / "outcomes-small"
+    copy = tmp_path / "outcomes-small"
+    shutil.copytree(committed, copy)
+    assert main(["study", "outcomes", "--scale", "small", "--out", str(copy), "--report-only"]) == 2
+    assert "18 finished runs" in capsys.readouterr().err
+    for path in committed.iterdir():
+        assert (copy / path.name).read_bytes() == path.read_bytes(), path.name
