@@ -98,5 +98,6 @@ def base_tau(study: OutcomesStudy, cohort: CohortConfig) -> float:
 
 
 def check_or_save_study(study: OutcomesStudy, out: Path) -> None:
-    """``OUT/study.yaml`` guard: seeds, the ε grid and repeats may grow; anything else is another study."""
-    folder.check_or_save_study(study, out, growable=("seeds", "epsilons", "repeats"), runtime=RUNTIME_FIELDS)
+    """``OUT/study.yaml`` guard: seeds and the ε grid may grow; anything else is another study (the runs'
+    cached read-outs hold the splits: folds and repeats are fixed with the folder)."""
+    folder.check_or_save_study(study, out, growable=("seeds", "epsilons"), runtime=RUNTIME_FIELDS)
