@@ -33,10 +33,12 @@ from copd_ifm import config as cfg
 from copd_ifm.cohort.atlas import ATLAS_MASK
 from copd_ifm.cohort.config import resolve_cohort
 from copd_ifm.context.train import resolve_pretrain_config
-from copd_ifm.studies.shortcut.plan import load_study
+from copd_ifm.studies.outcomes.plan import load_study as load_outcomes
+from copd_ifm.studies.shortcut.plan import load_study as load_shortcut
 from natural_images.config import VisionConfig
 from natural_images.datasets import imagenet100_classes
 from natural_images.studies.config import load_study_config
+from natural_images.studies.recipes import KINDS, load_recipe
 site = Path(sys.argv[1]).resolve()
 for path in (copd_ifm.__file__, cfg.CONFIG_DIR, ATLAS_MASK):
     assert site in Path(path).resolve().parents, f"{path} is not the wheel's (under {site})"
@@ -48,11 +50,13 @@ for name in names["cohorts"]:
 for name in names["pretrain"]:
     resolve_pretrain_config(name, cohort)
 for name in names["studies"]:
-    load_study(name.split("-", 1)[1])
+    kind, scale = name.split("-", 1)
+    {"shortcut": load_shortcut, "outcomes": load_outcomes}[kind](scale)
 for name in names["vision"]:
     cfg.load(VisionConfig, cfg.named_config("vision", name))
 for name in names["vision/studies"]:
-    load_study_config(*name.split("-", 1))
+    kind, scale = name.split("-", 1)
+    (load_recipe if kind in KINDS else load_study_config)(kind, scale)
 print(sum(map(len, names.values())))
 """
 
