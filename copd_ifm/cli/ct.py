@@ -153,16 +153,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_study_shortcut(args: argparse.Namespace) -> int:
+def _study_extra(args: argparse.Namespace) -> dict:
+    """The study fields every CT study's flags set: ``--seeds`` and ``--eps``."""
     from copd_ifm.config import parse_floats
-    from copd_ifm.studies.shortcut.plan import load_study
-    from copd_ifm.studies.shortcut.run import run_study
 
     extra: dict = {}
     if args.seeds is not None:
         extra["seeds"] = args.seeds
     if args.eps is not None:
         extra["epsilons"] = parse_floats(args.eps, "--eps")
+    return extra
+
+
+def cmd_study_shortcut(args: argparse.Namespace) -> int:
+    from copd_ifm.config import parse_floats
+    from copd_ifm.studies.shortcut.plan import load_study
+    from copd_ifm.studies.shortcut.run import run_study
+
+    extra = _study_extra(args)
     if args.tau is not None:
         extra["taus"] = parse_floats(args.tau, "--tau")
     study = load_study(args.scale, args.config, args.overrides, extra)
@@ -173,15 +181,10 @@ def cmd_study_shortcut(args: argparse.Namespace) -> int:
 
 
 def cmd_study_outcomes(args: argparse.Namespace) -> int:
-    from copd_ifm.config import parse_floats
     from copd_ifm.studies.outcomes.plan import load_study
     from copd_ifm.studies.outcomes.run import run_study
 
-    extra: dict = {}
-    if args.seeds is not None:
-        extra["seeds"] = args.seeds
-    if args.eps is not None:
-        extra["epsilons"] = parse_floats(args.eps, "--eps")
+    extra = _study_extra(args)
     if args.cohort is not None:
         extra["cohort"] = args.cohort
     study = load_study(args.scale, args.config, args.overrides, extra)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copd_ifm.contrastive.checkpoint import Checkpointer
 from copd_ifm.studies.folder import check_or_save_study, read_result, run_dir, write_result
 from copd_ifm.studies.grid import RunPlan
 from copd_ifm.studies.runner import check_shard, raise_if_failed, run_shard
@@ -18,8 +17,7 @@ from natural_images.linear import linear_readout
 from natural_images.robust import robust_features
 from natural_images.studies.recipes import RecipeStudy, plan_runs, run_config
 from natural_images.studies.recipes_report import write_report
-from natural_images.studies.run import majority_shares, save_untrained
-from natural_images.train import pretrain
+from natural_images.studies.run import majority_shares, train_or_init
 
 #: Study fields that change no run (where data lives, loader processes).
 RUNTIME_FIELDS = ("run.data.root", "run.data.workers")
@@ -41,11 +39,7 @@ def execute_run(study: RecipeStudy, plan: RunPlan, out: Path, device: str = "aut
     folder = run_dir(out, plan.run_id)
     config = run_config(study, plan)
     started = time.time()
-    if plan.control:
-        save_untrained(config, folder)
-        loss = None
-    else:
-        loss = pretrain(config, folder, resume=Checkpointer(folder).exists(), device=device).get("loss")
+    loss = train_or_init(config, plan, folder, device)
     chance = {f"chance_{k}": round(v, 4) for k, v in majority_shares(build_dataset(config.data, "test")).items()}
     row = {"run_id": plan.run_id, "method": "untrained" if plan.control else config.method,
            "epsilon": config.loss.epsilon, "seed": config.seed, "dataset": config.data.dataset,

@@ -154,12 +154,16 @@ def execute_run(study: StudyConfig, plan: RunPlan, out: Path, device: str = "aut
     run_dir = study_folder.run_dir(out, plan.run_id)
     config = run_config(study, plan)
     started = time.time()
+    train_loss = train_or_init(config, plan, run_dir, device)
+    return _measure(study, plan, config, run_dir, device, started, train_loss)
+
+
+def train_or_init(config: VisionConfig, plan: RunPlan, run_dir: Path, device: str) -> float | None:
+    """Pretrain (or resume) the run and return its final loss; a control gets its untrained model (None)."""
     if plan.control:
         save_untrained(config, run_dir)
-        train_loss = None
-    else:
-        train_loss = pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device).get("loss")
-    return _measure(study, plan, config, run_dir, device, started, train_loss)
+        return None
+    return pretrain(config, run_dir, resume=Checkpointer(run_dir).exists(), device=device).get("loss")
 
 
 def save_untrained(config: VisionConfig, run_dir: Path) -> None:
