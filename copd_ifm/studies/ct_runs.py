@@ -219,10 +219,13 @@ def run_readout(out: Path, plan: RunPlan, targets: Sequence[Target], samples_per
 def readouts(out: Path, plans: Sequence[RunPlan], targets: Sequence[Target], samples_per_dim: int,
              readout: str, levels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """:func:`run_readout` of every plan (run id → table), with a progress bar for the ones computed now."""
-    todo = [p for p in plans if not (run_dir(out, p.run_id) / f"readout-{readout}.csv").is_file()]
-    for plan in tqdm(todo, desc=f"read-out ({readout})", unit="run", disable=not todo):
-        run_readout(out, plan, targets, samples_per_dim, readout, levels)
-    return {p.run_id: run_readout(out, p, targets, samples_per_dim, readout, levels) for p in plans}
+    todo = {p.run_id for p in plans if not (run_dir(out, p.run_id) / f"readout-{readout}.csv").is_file()}
+    with tqdm(total=len(todo), desc=f"read-out ({readout})", unit="run", disable=not todo) as bar:
+        tables = {}
+        for plan in plans:
+            tables[plan.run_id] = run_readout(out, plan, targets, samples_per_dim, readout, levels)
+            bar.update(plan.run_id in todo)
+    return tables
 
 
 def _tagged(per_fold: pd.DataFrame, method_name: str, plan: RunPlan | None) -> pd.DataFrame:

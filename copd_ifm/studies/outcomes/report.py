@@ -127,7 +127,8 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
     check_report_keeps_runs(out)
     per_fold, runs = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, study.readout,
                                               [study.features])
-    files.atomic_write_text(out / "results.csv", ct_runs.fold_means(per_fold).to_csv(index=False, float_format="%.8g"))
+    means = ct_runs.fold_means(per_fold)
+    files.atomic_write_text(out / "results.csv", means.to_csv(index=False, float_format="%.8g"))
     table = table2(study, per_fold, targets)
     files.atomic_write_text(out / "table2.csv", table.to_csv(index=False, float_format="%.6g"))
     trained = per_fold[per_fold["method"].isin(["baseline", "ifm"]) & (per_fold["features"] == study.features)]
@@ -154,7 +155,7 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
                   f"The same runs and splits read out by {readout_text(protocol, study.samples_per_dim)} Shown only "
                   f"to judge how much the numbers depend on the protocol; the declared `{study.readout}` stays the "
                   f"result.", "", *_markdown_table2(table2(study, other, targets)), ""]
-    plot_shortcut(ct_runs.fold_means(per_fold), [t.outcome for t in targets], out / "outcomes.png")
+    plot_shortcut(means, [t.outcome for t in targets], out / "outcomes.png")
     lines += ["## Figures", "", "- `outcomes.png`: score per outcome vs ε (mean ± sd over seeds) with the control "
               "lines.", "- `differences.png`: IFM − baseline per fold (seed mean; dots), its mean "
               "and the Bonferroni-adjusted interval of the folds test.", ""]
