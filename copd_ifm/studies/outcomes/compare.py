@@ -85,7 +85,11 @@ def _fold_test(part: pd.DataFrame, level: float) -> dict[str, float]:
 
 def compare(per_fold: pd.DataFrame) -> pd.DataFrame:
     """One row per outcome × ε: scores, the seeds test, the folds test, Holm p of both and the verdict."""
-    diffs = seed_differences(per_fold)
+    return compare_differences(seed_differences(per_fold))
+
+
+def compare_differences(diffs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`compare` from :func:`seed_differences` already computed."""
     if diffs.empty:
         return pd.DataFrame()
     diffs = diffs[~diffs["failed"].astype(bool)]

@@ -32,14 +32,18 @@ CLAIM = ("Robinson et al. (NeurIPS 2021), Table 2: on COPDGene (5-fold CV), IFM 
 METRIC_LABEL = {"r2": "R²", "accuracy": "acc %", "one_off": "1-off %"}
 
 
+def trained_rows(study: OutcomesStudy, per_fold: pd.DataFrame) -> pd.DataFrame:
+    """The baseline and IFM runs' rows of the tested feature set."""
+    return per_fold[per_fold["method"].isin(["baseline", "ifm"]) & (per_fold["features"] == study.features)]
+
+
 def table_rows(study: OutcomesStudy, per_fold: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(row label, its per-fold rows) in Table 2 order: chance, densitometry, untrained, baseline, IFM ε."""
     untrained = ct_runs.UNTRAINED_FEATURES[study.features]
     rows = [("chance", per_fold[per_fold["method"] == "chance"]),
             ("densitometry", per_fold[per_fold["method"] == "densitometry"]),
             ("untrained encoder", per_fold[per_fold["features"] == untrained])]
-    trained = per_fold[per_fold["method"].isin(["baseline", "ifm"]) & (per_fold["features"] == study.features)]
-    for eps, part in trained.groupby("epsilon", sort=True):
+    for eps, part in trained_rows(study, per_fold).groupby("epsilon", sort=True):
         rows.append((compare.label(eps), part))
     return rows
 
@@ -131,8 +135,8 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
     files.atomic_write_text(out / "results.csv", means.to_csv(index=False, float_format="%.8g"))
     table = table2(study, per_fold, targets)
     files.atomic_write_text(out / "table2.csv", table.to_csv(index=False, float_format="%.6g"))
-    trained = per_fold[per_fold["method"].isin(["baseline", "ifm"]) & (per_fold["features"] == study.features)]
-    comparisons = compare.compare(trained)
+    diffs = compare.seed_differences(trained_rows(study, per_fold))
+    comparisons = compare.compare_differences(diffs)
     lines = [f"# Outcomes study (the IFM paper's Table 2), scale `{study.scale}`", "", "## Claim", "", CLAIM, "",
              "## Scale and limits", "", *_scale_lines(study, cohort, plans, runs, targets, skipped), "",
              "## Table 2 on this cohort", "",
@@ -143,11 +147,11 @@ def write_report(study: OutcomesStudy, out: Path, cohort: CohortConfig, plans: l
         lines += ["## IFM − baseline", "", compare.METHOD, "",
                   f"Family: {len(comparisons)} tests (outcomes × ε); accuracies in points of %.", "",
                   *_comparison_lines(comparisons), "", "### Verdicts", "", *verdict_lines(comparisons), ""]
-        diffs = compare.seed_differences(trained)
-        diffs = diffs.groupby(["outcome", "method", "repeat", "fold"], as_index=False, sort=False)["difference"].mean()
+        per_fold_mean = diffs.groupby(["outcome", "method", "repeat", "fold"], as_index=False,
+                                      sort=False)["difference"].mean()
         shown = comparisons.assign(method=[compare.label(e) for e in comparisons["epsilon"]],
                                    reference=compare.BASELINE)
-        plot_differences(diffs, shown, out / "differences.png")
+        plot_differences(per_fold_mean, shown, out / "differences.png")
     for protocol in [p for p in study.sensitivity if p != study.readout]:
         other, _ = ct_runs.per_fold_results(out, plans, targets, density, study.samples_per_dim, protocol,
                                             [study.features])
